@@ -1,0 +1,399 @@
+"""Classification datasets (REFERENCE §1 "Data", NeTS XOR, MNIST family).
+
+Every loader returns a frozen :class:`Dataset` with ``float32`` inputs and ``int32`` labels in
+``0..num_classes-1``. Nothing is ever downloaded unless ``download=True`` is passed explicitly.
+
+Image datasets (``mnist``, ``fashion_mnist``, ``kmnist``) are read, in this order, from
+
+1. IDX directories holding the four standard files (``train-images-idx3-ubyte[.gz]``, ...):
+   ``idx_dir``, ``$ES_LOTTERY_IDX_DIR`` and, for ``mnist``, :func:`default_mnist_dir`; each directory
+   is tried as ``<dir>/<name>/`` first and then as ``<dir>/`` itself;
+2. ``tensorflow_datasets`` random-access data sources (``tfds.data_source``, no TensorFlow needed);
+3. an IDX directory that holds only the ``t10k`` files: the 10 000 test images are split
+   deterministically (first ``split_train`` train, the rest test). ``test_split_only=True`` selects this
+   mode directly. ``Dataset.info`` records which source and mode were used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATASETS = ("moons", "circles", "blobs", "digits", "xor", "mnist", "fashion_mnist", "kmnist")
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+SCALE = 0.7  # min-max target range is [-SCALE, SCALE]
+
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test split. ``x_*`` are float32 arrays, ``y_*`` int32 labels in ``0..num_classes-1``."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    name: str
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, num_classes={self.num_classes}, "
+            f"x_train={self.x_train.shape}, x_test={self.x_test.shape}, info={self.info!r})"
+        )
+
+
+def _make(x_tr, y_tr, x_te, y_te, num_classes: int, name: str, **info: Any) -> Dataset:
+    return Dataset(
+        np.asarray(x_tr, np.float32),
+        np.asarray(y_tr, np.int32),
+        np.asarray(x_te, np.float32),
+        np.asarray(y_te, np.int32),
+        int(num_classes),
+        name,
+        info,
+    )
+
+
+def minmax_scale(x: np.ndarray, scale: float = SCALE) -> np.ndarray:
+    """Min-max scale ``x`` to ``[-scale, scale]`` with ONE global min/max over the whole array."""
+    x = np.asarray(x, np.float64)
+    lo, hi = x.min(), x.max()
+    return ((x - lo) / (hi - lo) * 2.0 * scale - scale).astype(np.float32)
+
+
+def _split_75(x: np.ndarray, y: np.ndarray):
+    """First ``int(0.75 n)`` rows train, the rest test (no shuffle)."""
+    n_tr = int(0.75 * len(x))
+    return x[:n_tr], y[:n_tr], x[n_tr:], y[n_tr:]
+
+
+def _check_int(value: Any, field: str, lo: int, hi: int | None = None) -> int:
+    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{field} must be an int {bound}, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- 2-D sklearn tasks
+
+
+def moons(n_train: int = 50000, n_test: int = 16000, noise: float = 0.07, random_state: int = 42) -> Dataset:
+    """Two moons. Train and test are separate ``make_moons`` calls with the same ``random_state``;
+    each is min-max scaled to [-0.7, 0.7] with its own global min/max (all features together)."""
+    from sklearn.datasets import make_moons
+
+    n_train = _check_int(n_train, "n_train", 1)
+    n_test = _check_int(n_test, "n_test", 1)
+    x_tr, y_tr = make_moons(n_samples=n_train, noise=noise, random_state=random_state)
+    x_te, y_te = make_moons(n_samples=n_test, noise=noise, random_state=random_state)
+    return _make(
+        minmax_scale(x_tr),
+        y_tr,
+        minmax_scale(x_te),
+        y_te,
+        2,
+        "moons",
+        noise=noise,
+        random_state=random_state,
+        normalisation="minmax[-0.7,0.7] per split",
+    )
+
+
+def circles(
+    n_train: int = 50000, n_test: int = 16000, noise: float = 0.07, random_state: int = 42
+) -> Dataset:
+    """Two concentric circles (``make_circles``, default factor 0.8). Train and test are separate calls
+    with the same ``random_state``; used raw, no normalisation."""
+    from sklearn.datasets import make_circles
+
+    n_train = _check_int(n_train, "n_train", 1)
+    n_test = _check_int(n_test, "n_test", 1)
+    x_tr, y_tr = make_circles(n_samples=n_train, noise=noise, random_state=random_state)
+    x_te, y_te = make_circles(n_samples=n_test, noise=noise, random_state=random_state)
+    return _make(
+        x_tr, y_tr, x_te, y_te, 2, "circles", noise=noise, random_state=random_state, normalisation="none"
+    )
+
+
+def blobs(k: int = 3, random_state: int = 10) -> Dataset:
+    """``k`` Gaussian blobs: ``make_blobs(5000*k, centers=k, random_state, center_box=(-20, 40))``.
+    First 75 % train, last 25 % test, no shuffle; used raw, no normalisation."""
+    from sklearn.datasets import make_blobs
+
+    k = _check_int(k, "k", 2)
+    x, y = make_blobs(n_samples=5000 * k, centers=k, random_state=random_state, center_box=(-20, 40))
+    return _make(*_split_75(x, y), k, "blobs", k=k, random_state=random_state, normalisation="none")
+
+
+def _parse_classes(classes: int | Iterable[int] | None) -> tuple[int, ...]:
+    if classes is None:
+        return tuple(range(10))
+    if isinstance(classes, int | np.integer) and not isinstance(classes, bool):
+        return tuple(range(_check_int(classes, "classes", 2, 10)))
+    ids = list(classes) if isinstance(classes, Iterable) and not isinstance(classes, str) else None
+    if (
+        ids is None
+        or len(ids) < 2
+        or len(set(ids)) != len(ids)
+        or not all(isinstance(c, int | np.integer) and not isinstance(c, bool) and 0 <= c <= 9 for c in ids)
+    ):
+        raise ValueError(
+            f"classes must be None, an int k in [2, 10] or >= 2 distinct ids in 0..9, got {classes!r}"
+        )
+    ids = [int(c) for c in ids]
+    return tuple(sorted(ids))
+
+
+def digits(classes: int | Iterable[int] | None = None) -> Dataset:
+    """sklearn 8x8 digits (64 features). ``classes`` (``k`` -> ``0..k-1``, or explicit ids) filters the
+    samples first and relabels them to ``0..len-1`` in sorted order; then first 75 % train, last 25 %
+    test (no shuffle; full set 1347/450); min-max to [-0.7, 0.7] with the global min/max of the
+    (filtered) array, before the split."""
+    from sklearn.datasets import load_digits
+
+    ids = _parse_classes(classes)
+    x, y = load_digits(return_X_y=True)
+    keep = np.isin(y, ids)
+    x, y = x[keep], np.searchsorted(np.asarray(ids), y[keep])
+    return _make(
+        *_split_75(minmax_scale(x), y),
+        len(ids),
+        "digits",
+        classes=ids,
+        normalisation="minmax[-0.7,0.7] global, before split",
+    )
+
+
+def xor(n: int = 250, noise: float = 0.0, seed: int = 0) -> Dataset:
+    """XOR for 2-h-1 MLPs (NeTS): inputs in {0,1}^2, label ``x0 xor x1`` (int 0/1, 2 classes).
+
+    Each split holds the 4 truth-table points repeated ``n`` times (default 250 -> 1000 rows), in random
+    row order, plus optional N(0, noise^2) input noise. Train uses ``seed``, test ``seed + 1``. Inputs are
+    not normalised (noise=0 gives exact 0/1 values)."""
+    n = _check_int(n, "n", 1)
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise!r}")
+    base = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float64)
+
+    def split(s: int):
+        rng = np.random.default_rng(s)
+        x = np.tile(base, (n, 1))
+        x = x[rng.permutation(len(x))]
+        y = (x[:, 0] != x[:, 1]).astype(np.int32)
+        return x + noise * rng.standard_normal(x.shape), y
+
+    return _make(*split(seed), *split(seed + 1), 2, "xor", n=n, noise=noise, seed=seed, normalisation="none")
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw): magic ``0 0 dtype ndim``, ``ndim`` big-endian uint32 dims, data."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = int(np.prod(dims, dtype=np.int64))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != count * dtype.itemsize:
+        raise ValueError(
+            f"{path}: IDX payload has {len(raw) - offset} bytes, dims {dims} need {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype, count=count, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file (gzip-compressed if ``path`` ends in ``.gz``)."""
+    array = np.asarray(array)
+    code = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}.get(array.dtype)
+    if code is None:
+        raise ValueError(f"dtype {array.dtype} has no IDX type code")
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    data = header + array.astype(np.dtype(_IDX_DTYPES[code])).tobytes()
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(data)
+
+
+def _find_idx(directory: Path, key: str) -> Path | None:
+    for fname in (_IDX_FILES[key] + ".gz", _IDX_FILES[key], _IDX_FILES[key].replace("-idx", ".idx")):
+        if (directory / fname).is_file():
+            return directory / fname
+    return None
+
+
+def _load_idx_pair(directory: Path, prefix: str):
+    images = read_idx(_find_idx(directory, f"{prefix}_images"))
+    labels = read_idx(_find_idx(directory, f"{prefix}_labels"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{directory}: {prefix} images {images.shape} / labels {labels.shape} do not match")
+    return images, labels
+
+
+def default_mnist_dir() -> Path | None:
+    """Shared MNIST IDX directory: ``$ES_LOTTERY_MNIST_DIR``, else ``<repo_root>/../shared/data/mnist``
+    (repo root = parent of the ``es_lottery`` package dir). ``None`` if neither exists."""
+    env = os.environ.get("ES_LOTTERY_MNIST_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist")
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def _idx_candidates(name: str, idx_dir) -> list[Path]:
+    roots = [Path(p) for p in (idx_dir, os.environ.get("ES_LOTTERY_IDX_DIR")) if p]
+    out = [d for r in roots for d in (r / name, r)]
+    if name == "mnist" and (shared := default_mnist_dir()) is not None:
+        out.append(shared)
+    return list(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def _tfds_arrays(name: str, split: str, data_dir, download: bool):
+    import tensorflow_datasets as tfds
+
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    n = len(source)
+    images = np.empty((n, 28, 28, 1), np.uint8)
+    labels = np.empty(n, np.int64)
+    batched = hasattr(source, "__getitems__")
+    for start in range(0, n, 4096):
+        keys = list(range(start, min(start + 4096, n)))
+        records = None
+        if batched:
+            try:  # batched reads are much faster on real ArrayRecord files
+                records = source.__getitems__(keys)
+            except TypeError:  # e.g. tfds.testing.mock_data only mocks per-item __getitem__ properly
+                batched = False
+        if records is None:
+            records = [source[i] for i in keys]
+        for i, rec in zip(keys, records, strict=True):
+            images[i] = np.asarray(rec["image"]).reshape(28, 28, 1)
+            labels[i] = rec["label"]
+    return images, labels
+
+
+# ----------------------------------------------------------------------------- MNIST family
+
+
+def image_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    idx_dir: str | os.PathLike | None = None,
+    split_train: int | None = None,
+    test_split_only: bool = False,
+    download: bool = False,
+) -> Dataset:
+    """MNIST / Fashion-MNIST / K-MNIST as float32 images in [0, 1] (uint8 / 255), shape (N, 28, 28, 1).
+
+    Source order: full IDX directory, then ``tfds.data_source(name, data_dir=data_dir)``, then an IDX
+    directory with only the t10k files, whose test set is split into the first ``split_train`` images
+    (default 80 %, i.e. 8000 of 10000) for training and the rest for testing. ``test_split_only=True``
+    forces that split even when train files exist. ``split_train`` is only used in test-split mode.
+    ``download=True`` lets tfds download; nothing is downloaded otherwise. Raises ``FileNotFoundError``
+    listing every location searched.
+    """
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"dataset must be one of {IMAGE_DATASETS} for image_dataset, got {name!r}")
+    if split_train is not None:
+        split_train = _check_int(split_train, "split_train", 1)
+    candidates = _idx_candidates(name, idx_dir)
+    has = {d: {k: _find_idx(d, k) is not None for k in _IDX_FILES} for d in candidates if d.is_dir()}
+
+    def finish(x_tr, y_tr, x_te, y_te, **info):
+        for arr in (x_tr, x_te):
+            if arr.dtype != np.uint8:
+                raise ValueError(f"{name}: expected uint8 images, got {arr.dtype}")
+        x_tr, x_te = (a.reshape(len(a), 28, 28, 1).astype(np.float32) / 255.0 for a in (x_tr, x_te))
+        return _make(x_tr, y_tr, x_te, y_te, 10, name, normalisation="uint8/255 -> [0,1]", **info)
+
+    if not test_split_only:
+        for d, files in has.items():
+            if all(files.values()):
+                return finish(
+                    *_load_idx_pair(d, "train"),
+                    *_load_idx_pair(d, "test"),
+                    source="idx",
+                    path=str(d),
+                    test_split_only=False,
+                )
+        try:
+            tr, te = (_tfds_arrays(name, s, data_dir, download) for s in ("train", "test"))
+            return finish(
+                *tr, *te, source="tfds", path=str(data_dir or "tfds default"), test_split_only=False
+            )
+        except Exception as err:  # tfds missing, not prepared, wrong file format, ...
+            tfds_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    else:
+        tfds_error = "skipped (test_split_only=True)"
+
+    for d, files in has.items():
+        if files["test_images"] and files["test_labels"]:
+            x, y = _load_idx_pair(d, "test")
+            n_tr = int(0.8 * len(x)) if split_train is None else split_train
+            if not n_tr < len(x):
+                raise ValueError(f"split_train must be < {len(x)} (size of the t10k set), got {n_tr}")
+            return finish(
+                x[:n_tr],
+                y[:n_tr],
+                x[n_tr:],
+                y[n_tr:],
+                source="idx",
+                path=str(d),
+                test_split_only=True,
+                split_train=n_tr,
+            )
+
+    try:
+        from tensorflow_datasets.core import constants
+
+        tfds_dir = str(data_dir or constants.get_default_data_dir())
+    except ImportError:
+        tfds_dir = str(data_dir)
+    searched = "\n".join(
+        f"  - IDX dir {d} ({'no usable IDX files' if d.is_dir() else 'missing'})" for d in candidates
+    )
+    raise FileNotFoundError(
+        f"no data found for dataset {name!r}. Searched:\n{searched or '  - (no IDX dir configured)'}\n"
+        f"  - tfds data_dir {tfds_dir} ({tfds_error})\n"
+        "Fix: pass idx_dir=<dir with train-/t10k-*-idx?-ubyte[.gz]> or set $ES_LOTTERY_IDX_DIR"
+        + (" / $ES_LOTTERY_MNIST_DIR" if name == "mnist" else "")
+        + f", or prepare it with tfds (data_dir=...), or pass download=True to let tfds fetch {name!r}."
+    )
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def load_dataset(name: str, **kwargs: Any) -> Dataset:
+    """Load dataset ``name`` (one of :data:`DATASETS`), forwarding ``kwargs`` to its loader."""
+    loaders = {"moons": moons, "circles": circles, "blobs": blobs, "digits": digits, "xor": xor}
+    if name in loaders:
+        return loaders[name](**kwargs)
+    if name in IMAGE_DATASETS:
+        return image_dataset(name, **kwargs)
+    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
