@@ -1,0 +1,93 @@
+"""The ``es-lottery`` command line.
+
+``es-lottery info``   devices, library versions, networks, datasets and where the image data is found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+PACKAGES = (
+    "es_lottery",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "evosax",
+    "chex",
+    "gymnax",
+    "brax",
+    "scikit-learn",
+    "tensorflow-datasets",
+    "orbax-checkpoint",
+)
+
+
+def _version(name: str) -> str:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args: argparse.Namespace, console: Console) -> int:
+    import jax
+
+    from es_lottery import networks
+    from es_lottery.tasks import classification
+
+    table = Table(title="es_lottery environment")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("python", sys.version.split()[0])
+    for name in PACKAGES:
+        table.add_row(name, _version(name))
+    table.add_row("jax backend", jax.default_backend())
+    table.add_row("devices", ", ".join(f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()))
+    console.print(table)
+
+    tasks = Table(title="available tasks")
+    tasks.add_column("dataset")
+    tasks.add_column("source")
+    for name in classification.DATASETS:
+        if name in classification.IMAGE_DATASETS:
+            try:
+                ds = classification.image_dataset(name)
+                sizes = f"{len(ds.x_train)}/{len(ds.x_test)}"
+                src = f"{ds.info.get('source')}: {ds.info.get('path', '')} ({sizes})"
+            except FileNotFoundError:
+                src = "[yellow]not found locally[/] (set ES_LOTTERY_IDX_DIR or a tfds data_dir)"
+        else:
+            src = "generated (scikit-learn)"
+        tasks.add_row(name, src)
+    console.print(tasks)
+    console.print(f"networks: {', '.join(networks.NETWORKS)}; initialisers: {', '.join(networks.INITS)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="es-lottery", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="devices, versions and available tasks")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        return int(args.func(args, console) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
