@@ -1,0 +1,637 @@
+"""The strong-lottery-ticket genetic algorithm of Altmann et al. (2024) as pure jitted functions.
+
+A genome is a flat bit vector over the prunable weights (kernels; biases are never masked) of an MLP whose
+weights AND biases are drawn once from U[-1, 1] and stay frozen. One generation (``step``):
+
+1. The population is kept sorted (best first). Each individual becomes a first parent with probability
+   ``rec_rate``; its mate is uniform over the top ``int(par_rate · N)``; the child takes every bit from one
+   of the two parents with probability 1/2 (uniform crossover).
+2. Every individual of the enlarged population (survivors + children) spawns, with probability
+   ``mut_rate``, one mutant with exactly one flipped bit.
+3. ``m = int(mig_rate · N)`` fresh individuals are appended (Bernoulli(1/2) bits).
+4. Survivor selection: sort by (fitness desc, number of zero bits desc, index asc) and keep the top N —
+   fully elitist, so the best fitness never decreases.
+
+Fitness is the train accuracy (paper) or −cross-entropy (``fitness="cross_entropy"``, the multi-class
+follow-up); NaN fitness ranks last. Survivors keep their fitness; only new members are evaluated, in blocks
+of ``eval_block`` after compacting the valid ones to the front (fixed shapes, nothing recompiles).
+
+Variants
+--------
+* ``"ga"`` — the initial population and migrants are Bernoulli(1/2) masks.
+* ``"adaptive_ab"`` — fresh individuals (initial population and migrants) are only accepted when their train
+  accuracy reaches the accuracy bound. The bound starts at 0.85 (0.7 for nets with < 40 hidden units) and,
+  every time ``bound_patience`` proposals in a row have been rejected, drops by ``0.1**n`` with
+  n = 1, 1.15, 1.30, …, never below ``bound_floor`` (0.51). The original code lowered it by wall-clock
+  seconds; counting proposals makes it deterministic. When even the floor keeps failing for
+  ``bound_patience`` proposals, any proposal with an input→output path is accepted (the original's fallback).
+* ``"static_ab"`` — the same with a fixed bound (``static_bound``) and the same fallback.
+
+The AB variants by default also re-draw children and mutants (up to ``repair_tries`` times) until an
+input→output path exists (``repair``).
+
+Termination (``run``): at least ``min_generations`` (100) generations and no change of the best fitness in
+the last ``patience`` (50); the adaptive variant stops at 200 generations, the others at
+``max_generations`` (default 1000, a safety cap reported as ``capped``).
+
+Everything is a pure function of an explicit key: ``init(key, task, config)``, ``step(key, state, task,
+config)``, ``run(key, task, config)``; ``run`` is ``lax.while_loop`` over ``step`` with the key
+``generation_key(key, g)`` for generation g, and ``jax.vmap(run, in_axes=(0, None, None))`` runs many seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from es_lottery import masks as masks_lib
+from es_lottery import networks, population
+from es_lottery.networks import MLP
+
+VARIANTS = ("ga", "adaptive_ab", "static_ab")
+FITNESS = ("accuracy", "cross_entropy")
+ADAPTIVE_CAP = 200
+DEFAULT_CAP = 1000
+
+__all__ = [
+    "VARIANTS",
+    "GAConfig",
+    "GAState",
+    "SLTTask",
+    "adaptive_bound",
+    "diversity",
+    "evaluate_final",
+    "generation_key",
+    "has_path",
+    "init",
+    "make_task",
+    "run",
+    "select_survivors",
+    "should_stop",
+    "step",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration and task
+
+
+def _check_rate(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{field} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_int(value, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class GAConfig:
+    """Static GA settings (hashable; passed as a static argument). Defaults are the paper's."""
+
+    pop_size: int = 100
+    rec_rate: float = 0.3
+    par_rate: float = 0.3
+    mut_rate: float = 0.1
+    mig_rate: float = 0.1
+    variant: str = "ga"
+    fitness: str = "accuracy"
+    min_generations: int = 100
+    patience: int = 50
+    max_generations: int | None = None  # None: 200 for adaptive_ab, else 1000
+    bound_start: float | None = None  # None: 0.85, or 0.7 for nets with < 40 hidden units
+    bound_floor: float = 0.51
+    static_bound: float = 0.7
+    bound_patience: int = 500  # rejected proposals before the adaptive bound drops one step
+    repair: bool | None = None  # None: True for the AB variants
+    repair_tries: int = 50
+    eval_block: int | None = None  # members evaluated per block; None: ≈ 1.25 × the expected new ones
+    chunk_size: int | str | None = "auto"
+
+    def __post_init__(self):
+        _check_int(self.pop_size, "pop_size", 2)
+        for f in ("rec_rate", "par_rate", "mut_rate", "mig_rate"):
+            _check_rate(getattr(self, f), f)
+        if int(self.par_rate * self.pop_size) < 1:
+            raise ValueError(
+                f"par_rate · pop_size must be ≥ 1 (mates come from the top), got {self.par_rate}"
+            )
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; allowed: {', '.join(VARIANTS)}")
+        if self.fitness not in FITNESS:
+            raise ValueError(f"unknown fitness {self.fitness!r}; allowed: {', '.join(FITNESS)}")
+        _check_int(self.min_generations, "min_generations", 0)
+        _check_int(self.patience, "patience", 1)
+        if self.max_generations is not None:
+            _check_int(self.max_generations, "max_generations", 1)
+        for f in ("bound_floor", "static_bound"):
+            _check_rate(getattr(self, f), f)
+        if self.bound_start is not None:
+            _check_rate(self.bound_start, "bound_start")
+        _check_int(self.bound_patience, "bound_patience", 1)
+        _check_int(self.repair_tries, "repair_tries", 0)
+        if self.eval_block is not None:
+            _check_int(self.eval_block, "eval_block", 1)
+
+    @property
+    def n_migrants(self) -> int:
+        return int(self.mig_rate * self.pop_size)
+
+    @property
+    def n_mates(self) -> int:
+        return int(self.par_rate * self.pop_size)
+
+    @property
+    def cap(self) -> int:
+        if self.max_generations is not None:
+            return self.max_generations
+        return ADAPTIVE_CAP if self.variant == "adaptive_ab" else DEFAULT_CAP
+
+    @property
+    def use_repair(self) -> bool:
+        return self.variant != "ga" if self.repair is None else bool(self.repair)
+
+    @property
+    def block(self) -> int:
+        if self.eval_block is not None:
+            return self.eval_block
+        n = self.pop_size
+        expected = self.rec_rate * n + self.mut_rate * n * (1 + self.rec_rate) + self.n_migrants
+        return max(8, int(math.ceil(1.25 * expected / 8.0)) * 8)
+
+    def replace(self, **kw) -> GAConfig:
+        return dataclasses.replace(self, **kw)
+
+
+@struct.dataclass
+class SLTTask:
+    """A classification task for strong tickets: an MLP (static) and train/test data (arrays)."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    module: nn.Module = struct.field(pytree_node=False)
+    num_classes: int = struct.field(pytree_node=False)
+
+
+def make_task(module: nn.Module, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> SLTTask:
+    """Validate and package a task (``module`` must be an ``MLP``; labels int)."""
+    if not isinstance(module, MLP):
+        raise TypeError(f"arch must be an MLP for the strong-ticket GA, got {type(module).__name__}")
+    module.validate()
+    for name, x in (("x_train", x_train), ("x_test", x_test)):
+        if np.ndim(x) != 2 or np.shape(x)[1] != module.sizes[0]:
+            raise ValueError(f"{name} must have shape (n, {module.sizes[0]}), got {np.shape(x)}")
+    classes = int(num_classes or int(max(np.max(y_train), np.max(y_test))) + 1)
+    if classes > module.sizes[-1]:
+        raise ValueError(f"the data has {classes} classes but the arch has {module.sizes[-1]} outputs")
+    return SLTTask(
+        jnp.asarray(x_train, jnp.float32),
+        jnp.asarray(y_train, jnp.int32),
+        jnp.asarray(x_test, jnp.float32),
+        jnp.asarray(y_test, jnp.int32),
+        module,
+        classes,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# genome ↔ mask trees
+
+
+def _template(module: nn.Module):
+    return jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
+
+
+def genome_length(module: nn.Module) -> int:
+    return networks.num_prunable(_template(module))
+
+
+def genomes_to_masks(module: nn.Module, genomes: jax.Array):
+    """(B, L) bool genomes → a mask tree with leading axis B (biases all ones)."""
+    tmpl = _template(module)
+    flags = jax.tree_util.tree_leaves(masks_lib.prunable_flags(tmpl))
+    leaves, treedef = jax.tree_util.tree_flatten(tmpl)
+    out, offset = [], 0
+    b = genomes.shape[0]
+    for leaf, is_p in zip(leaves, flags, strict=True):
+        if is_p:
+            n = int(np.prod(leaf.shape))
+            out.append(genomes[:, offset : offset + n].reshape((b, *leaf.shape)))
+            offset += n
+        else:
+            out.append(jnp.ones((b, *leaf.shape), bool))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def has_path(module: MLP, genomes: jax.Array) -> jax.Array:
+    """(B,) bool: does the masked MLP connect some input to some output?"""
+    m = genomes_to_masks(module, genomes)
+    reach = jnp.ones((genomes.shape[0], module.sizes[0]), bool)
+    for i in range(len(module.sizes) - 1):
+        k = m[f"dense_{i}"]["kernel"]  # (B, in, out)
+        reach = jnp.any(reach[:, :, None] & k, axis=1)
+    return jnp.any(reach, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# state
+
+
+@struct.dataclass
+class GAState:
+    params: dict  # the frozen random weights and biases
+    genomes: jax.Array  # (N, L) bool, sorted best first
+    fit: jax.Array  # (N,) primary fitness (accuracy or −CE), higher is better
+    acc: jax.Array  # (N,) train accuracy
+    zeros: jax.Array  # (N,) int32 number of zero bits
+    generation: jax.Array
+    best_fit: jax.Array
+    last_change: jax.Array  # generation at which best_fit last changed
+    best_ever_sparsity: jax.Array
+    bound: jax.Array  # current accuracy bound (AB variants)
+    bound_drops: jax.Array
+    rejects: jax.Array  # rejected proposals since the bound last dropped
+    fallback: jax.Array  # the bound's floor failed too: accept any proposal with a path
+    n_evals: jax.Array  # total network evaluations so far
+
+
+def adaptive_bound(start: float, floor: float, drops) -> jax.Array:
+    """Bound after ``drops`` steps: start − Σ_{i<drops} 0.1**(1 + 0.15 i), clipped at ``floor``."""
+    i = jnp.arange(64, dtype=jnp.float32)
+    steps = jnp.where(i < drops, 0.1 ** (1.0 + 0.15 * i), 0.0)
+    return jnp.maximum(jnp.float32(floor), jnp.float32(start) - jnp.sum(steps))
+
+
+def _bound_start(config: GAConfig, module: MLP) -> float:
+    if config.variant == "static_ab":
+        return config.static_bound
+    if config.bound_start is not None:
+        return config.bound_start
+    return 0.7 if sum(module.sizes[1:-1]) < 40 else 0.85
+
+
+def generation_key(key: jax.Array, generation) -> jax.Array:
+    """The key that ``run`` passes to ``step`` for generation ``generation``."""
+    return jax.random.fold_in(key, generation)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _evaluate(task: SLTTask, config: GAConfig, params, genomes):
+    """(fit, acc) of (B, L) genomes on the training data."""
+    metrics = ("accuracy", "cross_entropy") if config.fitness == "cross_entropy" else ("accuracy",)
+    masks = genomes_to_masks(task.module, genomes)
+    n = task.x_train.shape[0]
+    use_table = population._table_path_applies(task.module)
+    widest = max(task.module.sizes[1:]) * (2 ** task.module.sizes[0] if use_table else 1)
+    chunk = population._resolve_chunk(
+        config.chunk_size, n, population._per_example_bytes(task.module, genomes.shape[0], widest)
+    )
+    out = population.eval_masks_jit(
+        task.module, params, masks, task.x_train, task.y_train, metrics, chunk, use_table
+    )
+    acc = out["accuracy"]
+    fit = -out["cross_entropy"] if config.fitness == "cross_entropy" else acc
+    fit = jnp.where(jnp.isnan(fit), -jnp.inf, fit)
+    return fit, acc
+
+
+def _evaluate_valid(task: SLTTask, config: GAConfig, params, genomes, valid):
+    """Evaluate only the valid rows of ``genomes`` (C, L), in blocks; invalid rows get fit = −inf.
+
+    Returns (fit, acc, n_evaluated).
+    """
+    cap, length = genomes.shape
+    block = min(config.block, cap)
+    order = jnp.argsort(~valid, stable=True)  # valid rows first, in their order
+    packed = genomes[order]
+    count = jnp.sum(valid, dtype=jnp.int32)
+    n_blocks_max = -(-cap // block)
+    padded = jnp.concatenate([packed, jnp.zeros((n_blocks_max * block - cap, length), bool)])
+    fit0 = jnp.full((n_blocks_max * block,), -jnp.inf, jnp.float32)
+
+    def body(carry):
+        b, fit, acc = carry
+        rows = jax.lax.dynamic_slice_in_dim(padded, b * block, block)
+        f, a = _evaluate(task, config, params, rows)
+        fit = jax.lax.dynamic_update_slice_in_dim(fit, f, b * block, 0)
+        acc = jax.lax.dynamic_update_slice_in_dim(acc, a, b * block, 0)
+        return b + 1, fit, acc
+
+    _, fit, acc = jax.lax.while_loop(lambda c: c[0] * block < count, body, (0, fit0, jnp.zeros_like(fit0)))
+    in_range = jnp.arange(cap) < count
+    fit_packed = jnp.where(in_range, fit[:cap], -jnp.inf)
+    acc_packed = jnp.where(in_range, acc[:cap], 0.0)
+    inverse = jnp.zeros(cap, jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
+    return fit_packed[inverse], acc_packed[inverse], count
+
+
+def _fresh(key, task: SLTTask, config: GAConfig, state: GAState, need: int):
+    """``need`` fresh individuals, with their fitness, honouring the accuracy bound of the AB variants.
+
+    Returns (genomes, fit, acc, state) with the bound bookkeeping and ``n_evals`` updated.
+    """
+    length = state.genomes.shape[1] if state.genomes.ndim == 2 else genome_length(task.module)
+    batch = max(config.block, need) if config.variant != "ga" else need
+    module = task.module
+
+    if config.variant == "ga":
+        g = jax.random.bernoulli(key, 0.5, (need, length))
+        fit, acc, n = _evaluate_valid(task, config, state.params, g, jnp.ones(need, bool))
+        return g, fit, acc, state.replace(n_evals=state.n_evals + n)
+
+    start = _bound_start(config, module)
+    adaptive = config.variant == "adaptive_ab"
+
+    def cond(c):
+        return c[0] < need
+
+    def body(c):
+        filled, g_buf, f_buf, a_buf, st, k = c
+        k, kb = jax.random.split(k)
+        props = jax.random.bernoulli(kb, 0.5, (batch, length))
+        fit, acc, n = _evaluate_valid(task, config, st.params, props, jnp.ones(batch, bool))
+        path = has_path(module, props) if config.use_repair else jnp.ones(batch, bool)
+        ok = jnp.where(st.fallback, path, (acc >= st.bound) & path)
+        rank = jnp.cumsum(ok) - 1
+        take = ok & (rank < need - filled)
+        pos = jnp.where(take, filled + rank, need)  # out-of-range rows are dropped
+        g_buf = g_buf.at[pos].set(props, mode="drop")
+        f_buf = f_buf.at[pos].set(fit, mode="drop")
+        a_buf = a_buf.at[pos].set(acc, mode="drop")
+        n_ok = jnp.sum(take, dtype=jnp.int32)
+        rejects = jnp.where(n_ok > 0, 0, st.rejects + batch)
+        exhausted = rejects >= config.bound_patience
+        can_drop = adaptive & (st.bound > config.bound_floor + 1e-6) & ~st.fallback
+        drops = st.bound_drops + (exhausted & can_drop).astype(jnp.int32)
+        bound = adaptive_bound(start, config.bound_floor, drops) if adaptive else st.bound
+        fallback = st.fallback | (exhausted & ~can_drop)
+        st = st.replace(
+            bound=bound,
+            bound_drops=drops,
+            rejects=jnp.where(exhausted, 0, rejects),
+            fallback=fallback,
+            n_evals=st.n_evals + n,
+        )
+        return filled + n_ok, g_buf, f_buf, a_buf, st, k
+
+    init = (
+        jnp.int32(0),
+        jnp.zeros((need, length), bool),
+        jnp.full((need,), -jnp.inf, jnp.float32),
+        jnp.zeros((need,), jnp.float32),
+        state,
+        key,
+    )
+    _, g, f, a, state, _ = jax.lax.while_loop(cond, body, init)
+    return g, f, a, state
+
+
+# ----------------------------------------------------------------------------------------------
+# selection, operators, bookkeeping
+
+
+def select_survivors(fit, zeros, n: int):
+    """Indices of the top ``n`` by (fit desc, zeros desc, index asc); NaN fitness ranks last."""
+    fit = jnp.where(jnp.isnan(fit), -jnp.inf, fit)
+    idx = jnp.arange(fit.shape[0], dtype=jnp.int32)
+    _, _, order = jax.lax.sort((-fit, -zeros.astype(jnp.int32), idx), num_keys=3)
+    return order[:n]
+
+
+def diversity(genomes) -> jax.Array:
+    """Mean pairwise Hamming distance of (N, L) genomes, as a fraction of L."""
+    n, length = genomes.shape
+    ones = jnp.sum(genomes, axis=0, dtype=jnp.float32)
+    return jnp.sum(2.0 * ones * (n - ones)) / (n * (n - 1) * length)
+
+
+def should_stop(generation, last_change, config: GAConfig):
+    """The paper's rule: ≥ min_generations and no change of the best fitness in the last ``patience``."""
+    return ((generation >= config.min_generations) & (generation - last_change >= config.patience)) | (
+        generation >= config.cap
+    )
+
+
+def _crossover(key, a, b):
+    return jnp.where(jax.random.bernoulli(key, 0.5, a.shape), a, b)
+
+
+def _flip_one(key, g):
+    pos = jax.random.randint(key, g.shape[:-1], 0, g.shape[-1])
+    hit = jnp.arange(g.shape[-1]) == pos[..., None]
+    return g ^ hit
+
+
+def _repair(key, module, config: GAConfig, make, valid):
+    """Draw ``make(key)`` and re-draw the valid rows without an input→output path (up to repair_tries)."""
+    g = make(key)
+    if not config.use_repair:
+        return g
+
+    def cond(c):
+        t, g = c
+        return (t < config.repair_tries) & jnp.any(valid & ~has_path(module, g))
+
+    def body(c):
+        t, g = c
+        bad = valid & ~has_path(module, g)
+        return t + 1, jnp.where(bad[:, None], make(jax.random.fold_in(key, t + 1)), g)
+
+    return jax.lax.while_loop(cond, body, (0, g))[1]
+
+
+def _record(state: GAState, n_new, config: GAConfig) -> dict:
+    length = state.genomes.shape[1]
+    return {
+        "generation": state.generation,
+        "best_acc": state.acc[0],
+        "best_fit": state.fit[0],
+        "sparsity_fittest": state.zeros[0] / length,
+        "best_sparsity": jnp.max(state.zeros) / length,
+        "best_ever_sparsity": state.best_ever_sparsity,
+        "diversity": diversity(state.genomes),
+        "n_evals": n_new,
+        "bound": state.bound,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the algorithm
+
+
+@partial(jax.jit, static_argnames=("config",))
+def init(key: jax.Array, task: SLTTask, config: GAConfig) -> GAState:
+    """Draw the frozen weights and the initial population (evaluated and sorted)."""
+    k_params, k_pop = jax.random.split(key)
+    params = networks.init_params(k_params, task.module)
+    length = genome_length(task.module)
+    n = config.pop_size
+    start = _bound_start(config, task.module) if config.variant != "ga" else 0.0
+    state = GAState(
+        params=params,
+        genomes=jnp.zeros((n, length), bool),
+        fit=jnp.full((n,), -jnp.inf, jnp.float32),
+        acc=jnp.zeros((n,), jnp.float32),
+        zeros=jnp.zeros((n,), jnp.int32),
+        generation=jnp.int32(0),
+        best_fit=jnp.float32(-jnp.inf),
+        last_change=jnp.int32(0),
+        best_ever_sparsity=jnp.float32(0.0),
+        bound=jnp.float32(start),
+        bound_drops=jnp.int32(0),
+        rejects=jnp.int32(0),
+        fallback=jnp.bool_(False),
+        n_evals=jnp.int32(0),
+    )
+    g, fit, acc, state = _fresh(k_pop, task, config, state, n)
+    zeros = length - jnp.sum(g, axis=1, dtype=jnp.int32)
+    order = select_survivors(fit, zeros, n)
+    state = state.replace(genomes=g[order], fit=fit[order], acc=acc[order], zeros=zeros[order])
+    return state.replace(
+        best_fit=state.fit[0], best_ever_sparsity=jnp.max(state.zeros).astype(jnp.float32) / length
+    )
+
+
+def _step(key, state: GAState, task: SLTTask, config: GAConfig):
+    n, length = state.genomes.shape
+    module = task.module
+    k_par, k_mate, k_cross, k_mut, k_pos, k_mig = jax.random.split(key, 6)
+
+    # 1. recombination: first parents with p = rec_rate, mates uniform over the top par_rate·N
+    is_parent = jax.random.bernoulli(k_par, config.rec_rate, (n,))
+    mates = jax.random.randint(k_mate, (n,), 0, config.n_mates)
+    children = _repair(
+        k_cross, module, config, lambda k: _crossover(k, state.genomes, state.genomes[mates]), is_parent
+    )
+
+    # 2. mutation: each member of survivors + children spawns a one-bit mutant with p = mut_rate
+    enlarged = jnp.concatenate([state.genomes, children])
+    enlarged_valid = jnp.concatenate([jnp.ones(n, bool), is_parent])
+    spawn = enlarged_valid & jax.random.bernoulli(k_mut, config.mut_rate, (2 * n,))
+    mutants = _repair(k_pos, module, config, lambda k: _flip_one(k, enlarged), spawn)
+
+    # 3. migrants; evaluate the new members only (survivors keep their fitness)
+    new = jnp.concatenate([children, mutants])
+    new_valid = jnp.concatenate([is_parent, spawn])
+    evals_before = state.n_evals
+    if config.variant == "ga":  # plain migrants are evaluated together with children and mutants
+        mig = jax.random.bernoulli(k_mig, 0.5, (config.n_migrants, length))
+        new = jnp.concatenate([new, mig])
+        new_valid = jnp.concatenate([new_valid, jnp.ones(config.n_migrants, bool)])
+        fit_new, acc_new, n_eval = _evaluate_valid(task, config, state.params, new, new_valid)
+        state = state.replace(n_evals=state.n_evals + n_eval)
+    else:  # bounded migrants come with their fitness from the acceptance loop
+        fit_new, acc_new, n_eval = _evaluate_valid(task, config, state.params, new, new_valid)
+        state = state.replace(n_evals=state.n_evals + n_eval)
+        mig, fit_mig, acc_mig, state = _fresh(k_mig, task, config, state, config.n_migrants)
+        new = jnp.concatenate([new, mig])
+        fit_new = jnp.concatenate([fit_new, fit_mig])
+        acc_new = jnp.concatenate([acc_new, acc_mig])
+
+    # 4. survivor selection over survivors + new members
+    pool = jnp.concatenate([state.genomes, new])
+    fit = jnp.concatenate([state.fit, fit_new])
+    acc = jnp.concatenate([state.acc, acc_new])
+    zeros = length - jnp.sum(pool, axis=1, dtype=jnp.int32)
+    zeros = jnp.where(jnp.isneginf(fit), -1, zeros)  # invalid slots sort last
+    keep = select_survivors(fit, zeros, n)
+    generation = state.generation + 1
+    best = fit[keep[0]]
+    changed = best != state.best_fit
+    state = state.replace(
+        genomes=pool[keep],
+        fit=fit[keep],
+        acc=acc[keep],
+        zeros=zeros[keep],
+        generation=generation,
+        best_fit=best,
+        last_change=jnp.where(changed, generation, state.last_change),
+        best_ever_sparsity=jnp.maximum(state.best_ever_sparsity, jnp.max(zeros[keep]) / length),
+    )
+    return state, _record(state, state.n_evals - evals_before, config)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def step(key: jax.Array, state: GAState, task: SLTTask, config: GAConfig):
+    """One generation: (state, metrics)."""
+    return _step(key, state, task, config)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def run(key: jax.Array, task: SLTTask, config: GAConfig):
+    """A whole run until the termination rule: (final state, per-generation history).
+
+    The history has ``config.cap`` rows; rows at and after ``state.generation`` are padding (NaN / −1).
+    """
+    k_init, k_run = jax.random.split(key)
+    state = init(k_init, task, config)
+    template = jax.eval_shape(lambda s: _step(k_run, s, task, config)[1], state)
+    hist = {
+        k: jnp.full((config.cap,), -1 if jnp.issubdtype(v.dtype, jnp.integer) else jnp.nan, v.dtype)
+        for k, v in template.items()
+    }
+
+    def cond(c):
+        st, _ = c
+        return ~should_stop(st.generation, st.last_change, config)
+
+    def body(c):
+        st, h = c
+        g = st.generation
+        st, metrics = _step(generation_key(k_run, g), st, task, config)
+        h = {k: h[k].at[g].set(metrics[k]) for k in h}
+        return st, h
+
+    return jax.lax.while_loop(cond, body, (state, hist))
+
+
+def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(init key, generation base key) exactly as ``run`` uses them."""
+    k_init, k_run = jax.random.split(key)
+    return k_init, k_run
+
+
+@partial(jax.jit, static_argnames=("config",))
+def evaluate_final(state: GAState, task: SLTTask, config: GAConfig) -> dict:
+    """Test accuracy of the train-best individual and the best test accuracy in the final population."""
+    masks = genomes_to_masks(task.module, state.genomes)
+    n = task.x_test.shape[0]
+    chunk = population._resolve_chunk(
+        config.chunk_size, n, population._per_example_bytes(task.module, state.genomes.shape[0], 256)
+    )
+    use_table = population._table_path_applies(task.module)
+    test = population.eval_masks_jit(
+        task.module, state.params, masks, task.x_test, task.y_test, ("accuracy",), chunk, use_table
+    )["accuracy"]
+    length = state.genomes.shape[1]
+    sparsity = state.zeros / length
+    best_test = jnp.argmax(test)
+    chance = jnp.max(jnp.bincount(task.y_train, length=task.num_classes)) / task.y_train.shape[0]
+    return {
+        "train_acc": state.acc[0],
+        "test_acc": test[0],
+        "sparsity": sparsity[0],
+        "best_test_acc": test[best_test],
+        "best_test_sparsity": sparsity[best_test],
+        "generations": state.generation,
+        "n_evals": state.n_evals,
+        "capped": state.generation >= config.cap,
+        "at_chance": state.acc[0] <= chance + 1e-6,
+        "final_bound": state.bound,
+    }
