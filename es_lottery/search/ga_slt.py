@@ -168,7 +168,7 @@ class GAConfig:
             return self.eval_block
         n = self.pop_size
         expected = self.rec_rate * n + self.mut_rate * n * (1 + self.rec_rate) + self.n_migrants
-        return max(8, int(math.ceil(1.25 * expected / 8.0)) * 8)
+        return max(8, math.ceil(1.25 * expected / 8.0) * 8)
 
     def replace(self, **kw) -> GAConfig:
         return dataclasses.replace(self, **kw)
