@@ -1,6 +1,9 @@
 """The ``es-lottery`` command line.
 
-``es-lottery info``   devices, library versions, networks, datasets and where the image data is found.
+``es-lottery info``                    devices, library versions, networks, datasets and data locations.
+``es-lottery slt [CONFIG] [--seeds N] [--out DIR]``
+                                      strong-ticket GA experiment (``configs/slt/*.yaml``; without CONFIG
+                                      an embedded quickstart: moons, arch B, plain GA, 8 seeds).
 """
 
 from __future__ import annotations
@@ -70,11 +73,25 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_slt(args: argparse.Namespace, console: Console) -> int:
+    from es_lottery.experiments import slt
+
+    exp = slt.load_config(args.config, seeds=args.seeds)
+    path = slt.run_experiment(exp, out=args.out, console=console)
+    console.print(f"run directory: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="es-lottery", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="devices, versions and available tasks")
     info.set_defaults(func=cmd_info)
+    slt = sub.add_parser("slt", help="strong lottery tickets by GA (Altmann et al.)")
+    slt.add_argument("config", nargs="?", default=None, help="YAML config (default: embedded quickstart)")
+    slt.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
+    slt.add_argument("--out", default="runs", help="output directory (default: runs/)")
+    slt.set_defaults(func=cmd_slt)
     return parser
 
 

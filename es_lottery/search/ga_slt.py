@@ -67,7 +67,9 @@ __all__ = [
     "GAState",
     "SLTTask",
     "adaptive_bound",
+    "advance",
     "diversity",
+    "empty_history",
     "evaluate_final",
     "generation_key",
     "has_path",
@@ -76,6 +78,7 @@ __all__ = [
     "run",
     "select_survivors",
     "should_stop",
+    "split_run_key",
     "step",
 ]
 
@@ -573,32 +576,47 @@ def step(key: jax.Array, state: GAState, task: SLTTask, config: GAConfig):
     return _step(key, state, task, config)
 
 
+def empty_history(task: SLTTask, config: GAConfig, state: GAState) -> dict:
+    """Per-generation history buffers with ``config.cap`` rows (NaN / −1 padding)."""
+    template = jax.eval_shape(lambda s: _step(jax.random.key(0), s, task, config)[1], state)
+    return {
+        k: jnp.full((config.cap,), -1 if jnp.issubdtype(v.dtype, jnp.integer) else jnp.nan, v.dtype)
+        for k, v in template.items()
+    }
+
+
+def _advance(k_run, state: GAState, hist: dict, task: SLTTask, config: GAConfig, until):
+    def cond(c):
+        st, _ = c
+        return ~should_stop(st.generation, st.last_change, config) & (st.generation < until)
+
+    def body(c):
+        st, h = c
+        g = st.generation
+        st, metrics = _step(generation_key(k_run, g), st, task, config)
+        return st, {k: h[k].at[g].set(metrics[k]) for k in h}
+
+    return jax.lax.while_loop(cond, body, (state, hist))
+
+
+@partial(jax.jit, static_argnames=("config",))
+def advance(k_run, state: GAState, hist: dict, task: SLTTask, config: GAConfig, until):
+    """Run generations until the termination rule or generation ``until`` (for progress reporting).
+
+    Chunks of ``advance`` with the same ``k_run`` reproduce ``run`` exactly.
+    """
+    return _advance(k_run, state, hist, task, config, until)
+
+
 @partial(jax.jit, static_argnames=("config",))
 def run(key: jax.Array, task: SLTTask, config: GAConfig):
     """A whole run until the termination rule: (final state, per-generation history).
 
     The history has ``config.cap`` rows; rows at and after ``state.generation`` are padding (NaN / −1).
     """
-    k_init, k_run = jax.random.split(key)
+    k_init, k_run = split_run_key(key)
     state = init(k_init, task, config)
-    template = jax.eval_shape(lambda s: _step(k_run, s, task, config)[1], state)
-    hist = {
-        k: jnp.full((config.cap,), -1 if jnp.issubdtype(v.dtype, jnp.integer) else jnp.nan, v.dtype)
-        for k, v in template.items()
-    }
-
-    def cond(c):
-        st, _ = c
-        return ~should_stop(st.generation, st.last_change, config)
-
-    def body(c):
-        st, h = c
-        g = st.generation
-        st, metrics = _step(generation_key(k_run, g), st, task, config)
-        h = {k: h[k].at[g].set(metrics[k]) for k in h}
-        return st, h
-
-    return jax.lax.while_loop(cond, body, (state, hist))
+    return _advance(k_run, state, empty_history(task, config, state), task, config, config.cap)
 
 
 def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,391 @@
+"""Strong-lottery-ticket experiments: YAML config → run directory with results, metrics and plots.
+
+Config (``configs/slt/*.yaml``)::
+
+    name: moons_ga
+    dataset: moons            # any of tasks.classification.DATASETS
+    dataset_args: {}          # passed to load_dataset (e.g. {classes: 3} for digits, {k: 4} for blobs)
+    archs: {A: [2, 20, 2]}    # label → MLP sizes (input and output must fit the data)
+    variants: [ga, adaptive_ab]
+    seeds: 25
+    seed: 0                   # seed s: key fold_in(key(seed), s), the same frozen weights for every variant
+    ga: {}                    # GAConfig overrides (pop_size, rates, fitness, …)
+    backprop: true            # the tuned MLPClassifier-style baseline (paper settings for moons/circles)
+    edge_popup: []            # list of {weight_init, kept_fraction (number or "matched"), epochs}
+    progress_every: 10        # generations between progress updates
+
+Each (arch, method) is a job; all seeds of a job run at once (``vmap``). Finished jobs are skipped when
+the same config is run again into the same output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from es_lottery import networks, plots
+from es_lottery.experiments.rundir import RunDir, check_keys, from_dict, load_yaml
+from es_lottery.search import ga_slt
+from es_lottery.tasks import classification
+
+TOP_KEYS = (
+    "name",
+    "dataset",
+    "dataset_args",
+    "archs",
+    "variants",
+    "seeds",
+    "seed",
+    "ga",
+    "backprop",
+    "edge_popup",
+    "progress_every",
+)
+EDGE_POPUP_KEYS = ("weight_init", "kept_fraction", "epochs", "scale_init", "batch_size")
+
+DEFAULT_CONFIG = {
+    "name": "quickstart_moons_B",
+    "dataset": "moons",
+    "archs": {"B": [2, 75, 2]},
+    "variants": ["ga"],
+    "seeds": 8,
+    "backprop": False,
+}
+
+
+@dataclass(frozen=True)
+class SLTExperiment:
+    name: str
+    dataset: str
+    archs: dict
+    variants: tuple[str, ...] = ("ga",)
+    seeds: int = 5
+    seed: int = 0
+    dataset_args: dict = field(default_factory=dict)
+    ga: ga_slt.GAConfig = field(default_factory=ga_slt.GAConfig)
+    backprop: bool = False
+    edge_popup: tuple[dict, ...] = ()
+    progress_every: int = 10
+
+    def resolved(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ga"] = dataclasses.asdict(self.ga)
+        d["variants"] = list(self.variants)
+        d["edge_popup"] = [dict(e) for e in self.edge_popup]
+        return d
+
+
+def parse_config(data: dict, seeds: int | None = None) -> SLTExperiment:
+    """Validate a config mapping (every error names its field) without compiling anything."""
+    check_keys(data, TOP_KEYS, "slt")
+    for req in ("name", "dataset", "archs"):
+        if req not in data:
+            raise ValueError(f"slt config needs the field '{req}'")
+    if data["dataset"] not in classification.DATASETS:
+        raise ValueError(
+            f"unknown dataset {data['dataset']!r} in field 'dataset'; "
+            f"allowed: {', '.join(classification.DATASETS)}"
+        )
+    archs = data["archs"]
+    if not isinstance(archs, dict) or not archs:
+        raise ValueError("field 'archs' must map labels to MLP sizes, e.g. {A: [2, 20, 2]}")
+    for label, sizes in archs.items():
+        if not isinstance(sizes, (list, tuple)) or len(sizes) < 3:
+            raise ValueError(f"archs.{label} must be a list of ≥ 3 layer sizes, got {sizes!r}")
+        networks.MLP(tuple(int(s) for s in sizes)).validate()
+    variants = data.get("variants", ["ga"])
+    if isinstance(variants, str):
+        variants = [variants]
+    for v in variants:
+        if v not in ga_slt.VARIANTS:
+            raise ValueError(
+                f"unknown variant {v!r} in field 'variants'; allowed: {', '.join(ga_slt.VARIANTS)}"
+            )
+    ga = from_dict(ga_slt.GAConfig, data.get("ga"), "ga")
+    edge = tuple(data.get("edge_popup") or ())
+    for i, e in enumerate(edge):
+        check_keys(e, EDGE_POPUP_KEYS, f"edge_popup[{i}]")
+        kf = e.get("kept_fraction", 0.5)
+        if kf != "matched" and not (isinstance(kf, (int, float)) and 0 < kf <= 1):
+            raise ValueError(f"edge_popup[{i}].kept_fraction must be in (0, 1] or 'matched', got {kf!r}")
+    n_seeds = int(seeds if seeds is not None else data.get("seeds", 5))
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be ≥ 1, got {n_seeds}")
+    every = int(data.get("progress_every", 10))
+    if every < 1:
+        raise ValueError(f"progress_every must be ≥ 1, got {every}")
+    return SLTExperiment(
+        name=str(data["name"]),
+        dataset=data["dataset"],
+        dataset_args=dict(data.get("dataset_args") or {}),
+        archs={str(k): [int(s) for s in v] for k, v in archs.items()},
+        variants=tuple(variants),
+        seeds=n_seeds,
+        seed=int(data.get("seed", 0)),
+        ga=ga,
+        backprop=bool(data.get("backprop", False)),
+        edge_popup=edge,
+        progress_every=every,
+    )
+
+
+def load_config(path: str | Path | None, seeds: int | None = None) -> SLTExperiment:
+    return parse_config(DEFAULT_CONFIG if path is None else load_yaml(path), seeds)
+
+
+def seed_keys(base_seed: int, n: int) -> jax.Array:
+    base = jax.random.key(base_seed)
+    return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# jobs
+
+
+def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress):
+    module = networks.make_network("mlp", sizes=sizes, weight_init="uniform")
+    task = ga_slt.make_task(module, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes)
+    cfg = exp.ga.replace(variant=variant)
+    keys = seed_keys(exp.seed, exp.seeds)
+    split = jax.vmap(ga_slt.split_run_key)(keys)
+    k_init, k_run = split
+    t0 = time.time()
+    init = jax.jit(jax.vmap(lambda k: ga_slt.init(k, task, cfg)))
+    state = init(k_init)
+    hist = jax.vmap(lambda s: ga_slt.empty_history(task, cfg, s))(state)
+    advance = jax.jit(
+        jax.vmap(lambda k, s, h, u: ga_slt.advance(k, s, h, task, cfg, u), in_axes=(0, 0, 0, None))
+    )
+    job = progress.add_task(f"{label} {variant}", total=cfg.cap)
+    until = 0
+    while True:
+        until += exp.progress_every
+        state, hist = advance(k_run, state, hist, until)
+        gens = np.asarray(state.generation)
+        stopped = np.asarray(ga_slt.should_stop(state.generation, state.last_change, cfg))
+        best = np.asarray(state.acc[:, 0])
+        progress.update(
+            job,
+            completed=int(gens.max()),
+            description=f"{label} {variant}: gen {int(gens.max())}, {int(stopped.sum())}/{exp.seeds} done, "
+            f"best train acc {best.mean():.3f}",
+        )
+        if stopped.all():
+            break
+    final = jax.vmap(lambda s: ga_slt.evaluate_final(s, task, cfg))(state)
+    seconds = time.time() - t0
+    progress.update(job, completed=cfg.cap)
+    final = {k: np.asarray(v) for k, v in final.items()}
+    results = [
+        {
+            "job": f"{label}/{variant}",
+            "arch": label,
+            "method": variant,
+            "seed": s,
+            **{k: final[k][s].item() for k in final},
+            "seconds": seconds / exp.seeds,
+        }
+        for s in range(exp.seeds)
+    ]
+    hist = {k: np.array(v) for k, v in hist.items()}
+    for v in hist.values():
+        if np.issubdtype(v.dtype, np.floating):
+            for s in range(exp.seeds):
+                v[s, int(gens[s]) :] = np.nan
+    metrics = [
+        {"job": f"{label}/{variant}", "seed": s, **{k: hist[k][s, g].item() for k in hist}}
+        for s in range(exp.seeds)
+        for g in range(int(gens[s]))
+    ]
+    return results, metrics, hist
+
+
+def _backprop_job(exp: SLTExperiment, label, sizes, data):
+    from es_lottery.gradient import backprop
+
+    cfg = backprop.PAPER_SETTINGS.get((exp.dataset, label), backprop.BackpropConfig())
+    keys = seed_keys(exp.seed + 10_000, exp.seeds)
+    t0 = time.time()
+    res = jax.vmap(lambda k: backprop.train(k, tuple(sizes), data.x_train, data.y_train, cfg))(keys)
+    acc = np.asarray(jax.vmap(lambda r: backprop.evaluate(r, data.x_test, data.y_test))(res))
+    train = np.asarray(res.train_acc)
+    seconds = (time.time() - t0) / exp.seeds
+    return [
+        {
+            "job": f"{label}/backprop",
+            "arch": label,
+            "method": "backprop",
+            "seed": s,
+            "test_acc": float(acc[s]),
+            "train_acc": float(train[s]),
+            "sparsity": 0.0,
+            "seconds": seconds,
+        }
+        for s in range(exp.seeds)
+    ]
+
+
+def _edge_popup_job(exp: SLTExperiment, label, sizes, data, spec: dict, matched: float | None):
+    from es_lottery.gradient import edge_popup
+
+    kf = spec.get("kept_fraction", 0.5)
+    kept = matched if kf == "matched" else float(kf)
+    kept = float(min(1.0, max(kept, 1e-3)))
+    cfg_kw = {k: v for k, v in spec.items() if k in ("weight_init", "epochs", "scale_init", "batch_size")}
+    cfg = edge_popup.EdgePopupConfig(kept_fraction=kept, **cfg_kw)
+    name = f"edge_popup[{cfg.weight_init}{',scaled' if cfg.scale_init else ''},k={kf}]"
+    keys = seed_keys(exp.seed + 20_000, exp.seeds)
+    t0 = time.time()
+    res = edge_popup.train_seeds(keys, tuple(sizes), data.x_train, data.y_train, cfg)
+    acc = np.asarray(jax.vmap(lambda r: edge_popup.evaluate(r, data.x_test, data.y_test))(res))
+    seconds = (time.time() - t0) / exp.seeds
+    return [
+        {
+            "job": f"{label}/{name}",
+            "arch": label,
+            "method": name,
+            "seed": s,
+            "test_acc": float(acc[s]),
+            "sparsity": 1.0 - kept,
+            "seconds": seconds,
+        }
+        for s in range(exp.seeds)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# the experiment
+
+
+def summarise(results: list[dict]) -> dict:
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        by.setdefault(r["job"], []).append(r)
+    out = {}
+    for job, rows in by.items():
+        acc = np.asarray([r["test_acc"] for r in rows], float)
+        entry = {
+            "arch": rows[0]["arch"],
+            "method": rows[0]["method"],
+            "seeds": len(rows),
+            "test_acc_mean": float(np.mean(acc)),
+            "test_acc_median": float(np.median(acc)),
+            "test_acc_std": float(np.std(acc)),
+            "sparsity_mean": float(np.mean([r.get("sparsity", 0.0) for r in rows])),
+            "seconds_per_seed": float(np.mean([r.get("seconds", 0.0) for r in rows])),
+        }
+        if "best_test_acc" in rows[0]:
+            entry["best_test_acc_mean"] = float(np.mean([r["best_test_acc"] for r in rows]))
+            entry["best_test_sparsity_mean"] = float(np.mean([r["best_test_sparsity"] for r in rows]))
+            entry["generations_mean"] = float(np.mean([r["generations"] for r in rows]))
+            entry["at_chance"] = int(sum(bool(r["at_chance"]) for r in rows))
+            entry["capped"] = int(sum(bool(r["capped"]) for r in rows))
+        out[job] = entry
+    return out
+
+
+def run_experiment(exp: SLTExperiment, out: str | Path = "runs", console: Console | None = None) -> Path:
+    """Run every job of ``exp`` (skipping finished ones) and write the run directory; returns its path."""
+    console = console or Console()
+    rundir = RunDir(out, exp.name, exp.resolved())
+    data = classification.load_dataset(exp.dataset, **exp.dataset_args)
+    for label, sizes in exp.archs.items():
+        if sizes[0] != data.x_train.shape[1] or sizes[-1] < data.num_classes:
+            raise ValueError(
+                f"archs.{label} = {sizes} does not fit dataset {exp.dataset!r} "
+                f"({data.x_train.shape[1]} inputs, {data.num_classes} classes)"
+            )
+    console.print(
+        f"[bold]slt[/] {exp.name}: {exp.dataset} ({len(data.x_train)} train / {len(data.x_test)} test), "
+        f"{exp.seeds} seeds → {rundir.path}"
+    )
+    done = {r["job"] for r in rundir.read("results.jsonl")}
+    hists = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        for label, sizes in exp.archs.items():
+            for variant in exp.variants:
+                job = f"{label}/{variant}"
+                if job in done:
+                    console.print(f"  {job}: finished earlier, skipped")
+                    continue
+                results, metrics, hist = _ga_job(exp, label, sizes, variant, data, console, progress)
+                rundir.append("metrics.jsonl", metrics)
+                rundir.append("results.jsonl", results)
+                hists[job] = hist
+            if exp.backprop and f"{label}/backprop" not in done:
+                console.print(f"  {label}: backprop baseline …")
+                rundir.append("results.jsonl", _backprop_job(exp, label, sizes, data))
+            for spec in exp.edge_popup:
+                ga_rows = [
+                    r for r in rundir.read("results.jsonl") if r["arch"] == label and "generations" in r
+                ]
+                matched = 1.0 - float(np.mean([r["sparsity"] for r in ga_rows])) if ga_rows else 0.5
+                rows = _edge_popup_job(exp, label, sizes, data, spec, matched)
+                if rows[0]["job"] in done:
+                    continue
+                console.print(f"  {rows[0]['job']}: test acc {np.mean([r['test_acc'] for r in rows]):.3f}")
+                rundir.append("results.jsonl", rows)
+    results = rundir.read("results.jsonl")
+    summary = summarise(results)
+    rundir.write_json("summary.json", {"experiment": exp.resolved(), "jobs": summary})
+    _write_plots(rundir, exp, results, hists)
+    console.print(summary_table(summary, title=f"{exp.name} ({exp.dataset})"))
+    return rundir.path
+
+
+def _write_plots(rundir: RunDir, exp: SLTExperiment, results: list[dict], hists: dict) -> None:
+    if not hists:  # rebuild curves from metrics.jsonl (e.g. when every job was skipped)
+        rows = rundir.read("metrics.jsonl")
+        for job in sorted({r["job"] for r in rows}):
+            jr = [r for r in rows if r["job"] == job]
+            seeds = sorted({r["seed"] for r in jr})
+            length = max(r["generation"] for r in jr) + 1
+            h = {
+                k: np.full((len(seeds), length), np.nan)
+                for k in ("best_acc", "sparsity_fittest", "best_sparsity", "best_ever_sparsity")
+            }
+            for r in jr:
+                for k in h:
+                    h[k][seeds.index(r["seed"]), r["generation"] - 1] = np.nan if r[k] is None else r[k]
+            hists[job] = h
+    for job, h in hists.items():
+        plots.ga_curves(
+            h, rundir.path / "plots" / f"curves_{job.replace('/', '_')}.png", f"{exp.name}: {job}"
+        )
+    ref = {}
+    for r in results:
+        if r["method"] == "backprop":
+            ref.setdefault(r["arch"], []).append(r["test_acc"])
+    ref = {a: float(np.mean(v)) for a, v in ref.items()}
+    plots.box_by_arch(results, rundir.path / "plots" / "box_test_acc.png", f"{exp.name}: test accuracy", ref)
+    plots.accuracy_vs_sparsity(results, rundir.path / "plots" / "acc_vs_sparsity.png", exp.name)
+
+
+def summary_table(summary: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("job", "seeds", "test mean", "median", "std", "sparsity", "pop-best", "gens", "s/seed"):
+        table.add_column(col, justify="right" if col != "job" else "left")
+    for job, e in summary.items():
+        table.add_row(
+            job,
+            str(e["seeds"]),
+            f"{e['test_acc_mean']:.4f}",
+            f"{e['test_acc_median']:.4f}",
+            f"{e['test_acc_std']:.4f}",
+            f"{e['sparsity_mean']:.3f}",
+            f"{e['best_test_acc_mean']:.4f}" if "best_test_acc_mean" in e else "–",
+            f"{e['generations_mean']:.0f}" if "generations_mean" in e else "–",
+            f"{e['seconds_per_seed']:.1f}",
+        )
+    return table
