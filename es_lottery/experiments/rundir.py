@@ -32,7 +32,10 @@ def from_dict(cls, data: dict | None, where: str):
     """Build the frozen dataclass ``cls`` from ``data``, rejecting keys it does not have."""
     data = dict(data or {})
     check_keys(data, [f.name for f in dataclasses.fields(cls)], where)
-    return cls(**data)
+    try:
+        return cls(**data)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{where}.{err}") from None
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -5,7 +5,8 @@ Config (``configs/slt/*.yaml``)::
     name: moons_ga
     dataset: moons            # any of tasks.classification.DATASETS
     dataset_args: {}          # passed to load_dataset (e.g. {classes: 3} for digits, {k: 4} for blobs)
-    archs: {A: [2, 20, 2]}    # label → MLP sizes (input and output must fit the data)
+    archs: {A: [2, 20, 2]}    # label → MLP sizes (input and output must fit the data); "k" = class count
+    class_counts: []          # optional sweep over class counts: digits classes 0..k-1 / blobs with k centers
     variants: [ga, adaptive_ab]
     seeds: 25
     seed: 0                   # seed s: key fold_in(key(seed), s), the same frozen weights for every variant
@@ -49,7 +50,9 @@ TOP_KEYS = (
     "backprop",
     "edge_popup",
     "progress_every",
+    "class_counts",
 )
+CLASS_COUNT_ARG = {"digits": "classes", "blobs": "k"}
 EDGE_POPUP_KEYS = ("weight_init", "kept_fraction", "epochs", "scale_init", "batch_size")
 
 DEFAULT_CONFIG = {
@@ -75,13 +78,29 @@ class SLTExperiment:
     backprop: bool = False
     edge_popup: tuple[dict, ...] = ()
     progress_every: int = 10
+    class_counts: tuple[int, ...] = ()
 
     def resolved(self) -> dict:
         d = dataclasses.asdict(self)
         d["ga"] = dataclasses.asdict(self.ga)
         d["variants"] = list(self.variants)
         d["edge_popup"] = [dict(e) for e in self.edge_popup]
+        d["class_counts"] = list(self.class_counts)
         return d
+
+    def settings(self):
+        """(class count or None, dataset kwargs, {label: sizes}) for every class-count setting."""
+        if not self.class_counts:
+            return [(None, dict(self.dataset_args), self.archs)]
+        arg = CLASS_COUNT_ARG[self.dataset]
+        return [
+            (
+                k,
+                {**self.dataset_args, arg: k},
+                {f"{a}@{k}": [k if s == "k" else s for s in v] for a, v in self.archs.items()},
+            )
+            for k in self.class_counts
+        ]
 
 
 def parse_config(data: dict, seeds: int | None = None) -> SLTExperiment:
@@ -98,10 +117,19 @@ def parse_config(data: dict, seeds: int | None = None) -> SLTExperiment:
     archs = data["archs"]
     if not isinstance(archs, dict) or not archs:
         raise ValueError("field 'archs' must map labels to MLP sizes, e.g. {A: [2, 20, 2]}")
+    counts = tuple(int(k) for k in (data.get("class_counts") or ()))
+    if counts and data["dataset"] not in CLASS_COUNT_ARG:
+        raise ValueError(
+            f"class_counts works for datasets {', '.join(CLASS_COUNT_ARG)}, not {data['dataset']!r}"
+        )
+    if any(k < 2 for k in counts):
+        raise ValueError(f"class_counts must all be ≥ 2, got {list(counts)}")
     for label, sizes in archs.items():
         if not isinstance(sizes, (list, tuple)) or len(sizes) < 3:
             raise ValueError(f"archs.{label} must be a list of ≥ 3 layer sizes, got {sizes!r}")
-        networks.MLP(tuple(int(s) for s in sizes)).validate()
+        if "k" in sizes and not counts:
+            raise ValueError(f"archs.{label} uses 'k' (the class count) but 'class_counts' is not set")
+        networks.MLP(tuple(2 if s == "k" else int(s) for s in sizes)).validate()
     variants = data.get("variants", ["ga"])
     if isinstance(variants, str):
         variants = [variants]
@@ -127,7 +155,7 @@ def parse_config(data: dict, seeds: int | None = None) -> SLTExperiment:
         name=str(data["name"]),
         dataset=data["dataset"],
         dataset_args=dict(data.get("dataset_args") or {}),
-        archs={str(k): [int(s) for s in v] for k, v in archs.items()},
+        archs={str(k): [s if s == "k" else int(s) for s in v] for k, v in archs.items()},
         variants=tuple(variants),
         seeds=n_seeds,
         seed=int(data.get("seed", 0)),
@@ -135,6 +163,7 @@ def parse_config(data: dict, seeds: int | None = None) -> SLTExperiment:
         backprop=bool(data.get("backprop", False)),
         edge_popup=edge,
         progress_every=every,
+        class_counts=counts,
     )
 
 
@@ -234,6 +263,11 @@ def _backprop_job(exp: SLTExperiment, label, sizes, data):
     ]
 
 
+def _edge_popup_name(spec: dict) -> str:
+    scaled = ",scaled" if spec.get("scale_init") else ""
+    return f"edge_popup[{spec.get('weight_init', 'uniform')}{scaled},k={spec.get('kept_fraction', 0.5)}]"
+
+
 def _edge_popup_job(exp: SLTExperiment, label, sizes, data, spec: dict, matched: float | None):
     from es_lottery.gradient import edge_popup
 
@@ -242,7 +276,7 @@ def _edge_popup_job(exp: SLTExperiment, label, sizes, data, spec: dict, matched:
     kept = float(min(1.0, max(kept, 1e-3)))
     cfg_kw = {k: v for k, v in spec.items() if k in ("weight_init", "epochs", "scale_init", "batch_size")}
     cfg = edge_popup.EdgePopupConfig(kept_fraction=kept, **cfg_kw)
-    name = f"edge_popup[{cfg.weight_init}{',scaled' if cfg.scale_init else ''},k={kf}]"
+    name = _edge_popup_name(spec)
     keys = seed_keys(exp.seed + 20_000, exp.seeds)
     t0 = time.time()
     res = edge_popup.train_seeds(keys, tuple(sizes), data.x_train, data.y_train, cfg)
@@ -297,45 +331,48 @@ def run_experiment(exp: SLTExperiment, out: str | Path = "runs", console: Consol
     """Run every job of ``exp`` (skipping finished ones) and write the run directory; returns its path."""
     console = console or Console()
     rundir = RunDir(out, exp.name, exp.resolved())
-    data = classification.load_dataset(exp.dataset, **exp.dataset_args)
-    for label, sizes in exp.archs.items():
-        if sizes[0] != data.x_train.shape[1] or sizes[-1] < data.num_classes:
-            raise ValueError(
-                f"archs.{label} = {sizes} does not fit dataset {exp.dataset!r} "
-                f"({data.x_train.shape[1]} inputs, {data.num_classes} classes)"
-            )
-    console.print(
-        f"[bold]slt[/] {exp.name}: {exp.dataset} ({len(data.x_train)} train / {len(data.x_test)} test), "
-        f"{exp.seeds} seeds → {rundir.path}"
-    )
+    console.print(f"[bold]slt[/] {exp.name}: {exp.dataset}, {exp.seeds} seeds → {rundir.path}")
     done = {r["job"] for r in rundir.read("results.jsonl")}
     hists = {}
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
-        for label, sizes in exp.archs.items():
-            for variant in exp.variants:
-                job = f"{label}/{variant}"
-                if job in done:
-                    console.print(f"  {job}: finished earlier, skipped")
-                    continue
-                results, metrics, hist = _ga_job(exp, label, sizes, variant, data, console, progress)
-                rundir.append("metrics.jsonl", metrics)
-                rundir.append("results.jsonl", results)
-                hists[job] = hist
-            if exp.backprop and f"{label}/backprop" not in done:
-                console.print(f"  {label}: backprop baseline …")
-                rundir.append("results.jsonl", _backprop_job(exp, label, sizes, data))
-            for spec in exp.edge_popup:
-                ga_rows = [
-                    r for r in rundir.read("results.jsonl") if r["arch"] == label and "generations" in r
-                ]
-                matched = 1.0 - float(np.mean([r["sparsity"] for r in ga_rows])) if ga_rows else 0.5
-                rows = _edge_popup_job(exp, label, sizes, data, spec, matched)
-                if rows[0]["job"] in done:
-                    continue
-                console.print(f"  {rows[0]['job']}: test acc {np.mean([r['test_acc'] for r in rows]):.3f}")
-                rundir.append("results.jsonl", rows)
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        for classes, data_args, archs in exp.settings():
+            data = classification.load_dataset(exp.dataset, **data_args)
+            extra = {} if classes is None else {"classes": classes}
+            for label, sizes in archs.items():
+                if sizes[0] != data.x_train.shape[1] or sizes[-1] < data.num_classes:
+                    raise ValueError(
+                        f"archs.{label} = {sizes} does not fit dataset {exp.dataset!r} "
+                        f"({data.x_train.shape[1]} inputs, {data.num_classes} classes)"
+                    )
+            for label, sizes in archs.items():
+                for variant in exp.variants:
+                    job = f"{label}/{variant}"
+                    if job in done:
+                        console.print(f"  {job}: finished earlier, skipped")
+                        continue
+                    results, metrics, hist = _ga_job(exp, label, sizes, variant, data, console, progress)
+                    rundir.append("metrics.jsonl", metrics)
+                    rundir.append("results.jsonl", [{**r, **extra} for r in results])
+                    hists[job] = hist
+                if exp.backprop and f"{label}/backprop" not in done:
+                    console.print(f"  {label}: backprop baseline …")
+                    rows = _backprop_job(exp, label, sizes, data)
+                    rundir.append("results.jsonl", [{**r, **extra} for r in rows])
+                for spec in exp.edge_popup:
+                    prior = [
+                        r for r in rundir.read("results.jsonl") if r["arch"] == label and "generations" in r
+                    ]
+                    matched = 1.0 - float(np.mean([r["sparsity"] for r in prior])) if prior else 0.5
+                    if _edge_popup_name(spec) in {
+                        r["method"] for r in rundir.read("results.jsonl") if r["arch"] == label
+                    }:
+                        continue
+                    rows = _edge_popup_job(exp, label, sizes, data, spec, matched)
+                    console.print(
+                        f"  {rows[0]['job']}: test acc {np.mean([r['test_acc'] for r in rows]):.3f}"
+                    )
+                    rundir.append("results.jsonl", [{**r, **extra} for r in rows])
     results = rundir.read("results.jsonl")
     summary = summarise(results)
     rundir.write_json("summary.json", {"experiment": exp.resolved(), "jobs": summary})
@@ -370,6 +407,10 @@ def _write_plots(rundir: RunDir, exp: SLTExperiment, results: list[dict], hists:
     ref = {a: float(np.mean(v)) for a, v in ref.items()}
     plots.box_by_arch(results, rundir.path / "plots" / "box_test_acc.png", f"{exp.name}: test accuracy", ref)
     plots.accuracy_vs_sparsity(results, rundir.path / "plots" / "acc_vs_sparsity.png", exp.name)
+    if exp.class_counts:
+        plots.curve_by_classes(
+            results, rundir.path / "plots" / "acc_vs_classes.png", f"{exp.name}: {exp.dataset}"
+        )
 
 
 def summary_table(summary: dict, title: str) -> Table:
