@@ -197,6 +197,13 @@ def make_task(module: nn.Module, x_train, y_train, x_test, y_test, num_classes: 
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         if np.ndim(x) != 2 or np.shape(x)[1] != module.sizes[0]:
             raise ValueError(f"{name} must have shape (n, {module.sizes[0]}), got {np.shape(x)}")
+    for name, x, y in (("y_train", x_train, y_train), ("y_test", x_test, y_test)):
+        if np.ndim(y) != 1 or np.shape(y)[0] != np.shape(x)[0]:
+            raise ValueError(
+                f"{name} must have shape ({np.shape(x)[0]},) (one label per input), got {np.shape(y)}"
+            )
+        if not np.issubdtype(np.asarray(y).dtype, np.integer) or np.min(y) < 0:
+            raise ValueError(f"{name} must hold integer class labels ≥ 0")
     classes = int(num_classes or int(max(np.max(y_train), np.max(y_test))) + 1)
     if classes > module.sizes[-1]:
         raise ValueError(f"the data has {classes} classes but the arch has {module.sizes[-1]} outputs")
