@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     try:
         return int(args.func(args, console) or 0)
     except (ValueError, TypeError, FileNotFoundError) as err:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -244,9 +245,9 @@ def _backprop_job(exp: SLTExperiment, label, sizes, data):
     cfg = backprop.PAPER_SETTINGS.get((exp.dataset, label), backprop.BackpropConfig())
     keys = seed_keys(exp.seed + 10_000, exp.seeds)
     t0 = time.time()
-    res = jax.vmap(lambda k: backprop.train(k, tuple(sizes), data.x_train, data.y_train, cfg))(keys)
-    acc = np.asarray(jax.vmap(lambda r: backprop.evaluate(r, data.x_test, data.y_test))(res))
-    train = np.asarray(res.train_acc)
+    res = backprop.train_seeds(keys, tuple(sizes), data.x_train, data.y_train, cfg)
+    acc = np.asarray(backprop.evaluate(res, data.x_test, data.y_test))
+    train = np.asarray(res.train_accuracy)
     seconds = (time.time() - t0) / exp.seeds
     return [
         {
@@ -280,7 +281,7 @@ def _edge_popup_job(exp: SLTExperiment, label, sizes, data, spec: dict, matched:
     keys = seed_keys(exp.seed + 20_000, exp.seeds)
     t0 = time.time()
     res = edge_popup.train_seeds(keys, tuple(sizes), data.x_train, data.y_train, cfg)
-    acc = np.asarray(jax.vmap(lambda r: edge_popup.evaluate(r, data.x_test, data.y_test))(res))
+    acc = np.asarray(edge_popup.evaluate(res, data.x_test, data.y_test))
     seconds = (time.time() - t0) / exp.seeds
     return [
         {
@@ -349,7 +350,7 @@ def run_experiment(exp: SLTExperiment, out: str | Path = "runs", console: Consol
                 for variant in exp.variants:
                     job = f"{label}/{variant}"
                     if job in done:
-                        console.print(f"  {job}: finished earlier, skipped")
+                        console.print(f"  {escape(job)}: finished earlier, skipped")
                         continue
                     results, metrics, hist = _ga_job(exp, label, sizes, variant, data, console, progress)
                     rundir.append("metrics.jsonl", metrics)
@@ -370,7 +371,7 @@ def run_experiment(exp: SLTExperiment, out: str | Path = "runs", console: Consol
                         continue
                     rows = _edge_popup_job(exp, label, sizes, data, spec, matched)
                     console.print(
-                        f"  {rows[0]['job']}: test acc {np.mean([r['test_acc'] for r in rows]):.3f}"
+                        f"  {escape(rows[0]['job'])}: test acc {np.mean([r['test_acc'] for r in rows]):.3f}"
                     )
                     rundir.append("results.jsonl", [{**r, **extra} for r in rows])
     results = rundir.read("results.jsonl")
@@ -419,7 +420,7 @@ def summary_table(summary: dict, title: str) -> Table:
         table.add_column(col, justify="right" if col != "job" else "left")
     for job, e in summary.items():
         table.add_row(
-            job,
+            escape(job),
             str(e["seeds"]),
             f"{e['test_acc_mean']:.4f}",
             f"{e['test_acc_median']:.4f}",
