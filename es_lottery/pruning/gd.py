@@ -1,0 +1,215 @@
+"""Gradient-descent trainer for classification: the GD-IMP baseline of Lange & Sprekeler (2023).
+
+``GDTrainer`` implements the ``Trainer`` protocol of ``es_lottery.pruning.loop``:
+
+* ``init_params(key)`` — ``networks.init_params(key, module)`` (the module's ``weight_init``).
+* ``train(key, theta0, mask)`` — a FRESH Adam state (optax, lr 3e-4 by default), minibatches of 128
+  reshuffled every epoch (``k_epoch = fold_in(key, epoch)``; the last, smaller batch is padded with zero
+  weights, so every sample counts once per epoch), softmax cross-entropy averaged over the batch's real
+  samples. Masked training: the gradients are multiplied by the mask AND the mask is re-applied to the
+  params after every update, so pruned weights stay exactly zero. All ``epochs × steps`` steps run as
+  ``lax.scan`` (epochs) over ``lax.scan`` (batches) inside ONE jitted program; ``train_masked`` is that
+  program as a pure function (``jax.vmap`` over keys, with ``module``/``config`` bound by
+  ``functools.partial``, trains seeds).
+* ``eval_score`` — test accuracy of the final params (chunked over the test set, exact integer counts).
+* ``std_params`` — ``None``: gradient descent has no search distribution, so the SNR criteria are invalid
+  for this trainer (``provides_std = False``; the loop rejects them before training).
+
+Paper settings (appendix C, Table 5): Adam, lr 3e-4, batch 128, 20 epochs, the vision CNN
+(``networks.make_network("paper_cnn")``), CE objective, accuracy evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from es_lottery import masks as masks_lib
+from es_lottery import networks
+from es_lottery.gradient.edge_popup import epoch_batches
+from es_lottery.pruning.loop import TrainResult
+
+PyTree = Any
+
+__all__ = ["GDConfig", "GDTrainer", "accuracy_and_loss", "train_masked"]
+
+
+def _check_int(value, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class GDConfig:
+    """Static GD settings (hashable; a static argument of the jitted program). Defaults are the paper's."""
+
+    epochs: int = 20
+    learning_rate: float = 3e-4
+    batch_size: int = 128
+    eval_chunk: int = 1024  # test examples per forward pass during evaluation
+
+    def __post_init__(self):
+        _check_int(self.epochs, "epochs", 1)
+        ok = not isinstance(self.learning_rate, bool) and isinstance(
+            self.learning_rate, (int, float, np.integer, np.floating)
+        )
+        if not ok or not math.isfinite(float(self.learning_rate)) or float(self.learning_rate) <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate!r}")
+        _check_int(self.batch_size, "batch_size", 1)
+        _check_int(self.eval_chunk, "eval_chunk", 1)
+
+    def replace(self, **kw) -> GDConfig:
+        return dataclasses.replace(self, **kw)
+
+
+def _masked(tree: PyTree, mask: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
+
+
+def _batch_loss(params, module, x, y, w):
+    logits = networks.apply(module, params, x)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def accuracy_and_loss(
+    module: nn.Module, params: PyTree, x, y, chunk: int = 1024
+) -> tuple[jax.Array, jax.Array]:
+    """(accuracy, mean cross-entropy) of ``params`` on ``(x, y)``, in chunks of ``chunk`` examples."""
+    n = x.shape[0]
+    c = min(int(chunk), n)
+    steps = -(-n // c)
+    pad = steps * c - n
+    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(steps, c, *x.shape[1:])
+    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(steps, c)
+    wp = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)]).reshape(steps, c)
+
+    def body(carry, batch):
+        correct, loss = carry
+        xb, yb, wb = batch
+        logits = networks.apply(module, params, xb)
+        hit = (jnp.argmax(logits, -1) == yb) & (wb > 0)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        return (correct + jnp.sum(hit, dtype=jnp.int32), loss + jnp.sum(wb * ce)), None
+
+    (correct, loss), _ = jax.lax.scan(
+        body, (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)), (xp, yp, wp)
+    )
+    return correct / n, loss / n
+
+
+@partial(jax.jit, static_argnames=("module", "config"))
+def train_masked(
+    key: jax.Array,
+    theta0: PyTree,
+    mask: PyTree,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    x_test: jax.Array,
+    y_test: jax.Array,
+    module: nn.Module,
+    config: GDConfig,
+) -> tuple[PyTree, dict]:
+    """One masked Adam run from ``theta0 ⊙ mask`` with a fresh optimizer state: (final params, metrics).
+
+    metrics: ``train_loss`` (per epoch, mean over the epoch's samples of the pre-update batch losses),
+    ``test_accuracy``, ``test_loss``.
+    """
+    n = x_train.shape[0]
+    bs = min(int(config.batch_size), n)
+    opt = optax.adam(config.learning_rate)
+    params = _masked(theta0, mask)
+    opt_state = opt.init(params)
+    grad_fn = jax.value_and_grad(_batch_loss)
+
+    def step(carry, batch):
+        params, opt_state = carry
+        idx, w = batch
+        loss, grads = grad_fn(params, module, x_train[idx], y_train[idx], w)
+        grads = _masked(grads, mask)  # masked gradients …
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = _masked(optax.apply_updates(params, updates), mask)  # … and the mask re-applied
+        return (params, opt_state), loss * jnp.sum(w)
+
+    def epoch(carry, e):
+        idx, w = epoch_batches(jax.random.fold_in(key, e), n, bs)
+        carry, weighted = jax.lax.scan(step, carry, (idx, w))
+        return carry, jnp.sum(weighted) / n
+
+    (params, _), train_loss = jax.lax.scan(epoch, (params, opt_state), jnp.arange(config.epochs))
+    acc, test_loss = accuracy_and_loss(module, params, x_test, y_test, config.eval_chunk)
+    return params, {"train_loss": train_loss, "test_accuracy": acc, "test_loss": test_loss}
+
+
+class GDTrainer:
+    """Masked Adam classification trainer (``Trainer`` protocol): the GD-IMP baseline.
+
+    Inputs may be given flattened (e.g. ``(n, 784)`` for the CNN): they are reshaped to
+    ``(n, *module.input_shape)``. Labels are ints in ``0..outputs−1``.
+    """
+
+    name = "gd"
+    provides_std = False
+
+    def __init__(self, module: nn.Module, x_train, y_train, x_test, y_test, config: GDConfig = GDConfig()):
+        if not isinstance(config, GDConfig):
+            raise TypeError(f"config must be a GDConfig, got {type(config).__name__}")
+        module.validate()
+        self.module = module
+        self.config = config
+        in_shape = tuple(module.input_shape)
+        out_dim = None
+        for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+            xs, ys = np.shape(x), np.shape(y)
+            if len(xs) < 2 or int(np.prod(xs[1:])) != int(np.prod(in_shape)) or xs[0] < 1:
+                raise ValueError(f"x_{name} must have shape (n, {', '.join(map(str, in_shape))}), got {xs}")
+            if ys != (xs[0],):
+                raise ValueError(f"y_{name} must have shape ({xs[0]},) (one label per input), got {ys}")
+            if not np.issubdtype(np.asarray(y).dtype, np.integer) or np.min(y) < 0:
+                raise ValueError(f"y_{name} must hold integer class labels ≥ 0")
+            if out_dim is None:
+                params = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
+                xb = jax.ShapeDtypeStruct((1, *in_shape), jnp.float32)
+                out_dim = jax.eval_shape(lambda p, xb: networks.apply(module, p, xb), params, xb).shape[-1]
+            if int(np.max(y)) >= out_dim:
+                raise ValueError(f"y_{name} has label {int(np.max(y))} but the network has {out_dim} outputs")
+        # inputs reshaped to the module's input shape (flattened images are accepted)
+        self.x_train = jnp.asarray(x_train, jnp.float32).reshape(np.shape(x_train)[0], *in_shape)
+        self.y_train = jnp.asarray(y_train, jnp.int32)
+        self.x_test = jnp.asarray(x_test, jnp.float32).reshape(np.shape(x_test)[0], *in_shape)
+        self.y_test = jnp.asarray(y_test, jnp.int32)
+
+    @classmethod
+    def from_dataset(cls, module: nn.Module, dataset, config: GDConfig = GDConfig()) -> GDTrainer:
+        """From a ``tasks.classification.Dataset``."""
+        return cls(module, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, config)
+
+    def init_params(self, key: jax.Array) -> PyTree:
+        return networks.init_params(key, self.module)
+
+    def train(self, key: jax.Array, theta0: PyTree, mask: PyTree) -> TrainResult:
+        masks_lib.check_congruent(theta0, mask)
+        params, metrics = train_masked(
+            key,
+            theta0,
+            mask,
+            self.x_train,
+            self.y_train,
+            self.x_test,
+            self.y_test,
+            self.module,
+            self.config,
+        )
+        return TrainResult(
+            final_params=params, std_params=None, metrics=metrics, eval_score=metrics["test_accuracy"]
+        )
