@@ -1,0 +1,820 @@
+"""A thin typed adapter over evosax 0.3.x distribution-based evolution strategies.
+
+What it adds to evosax
+----------------------
+* **One fitness direction.** Our API maximises (accuracy, return, −loss); evosax minimises. Fitness is
+  negated exactly once, in :func:`tell`, right before ``algorithm.tell``.
+* **Non-finite fitness never reaches the search state.** NaN/±inf values are replaced by the worst finite
+  fitness of the generation before ``tell`` and counted in the metrics (``n_nonfinite``). When no member of
+  a generation has a finite fitness the update is skipped (the search state stays as it was), and so is
+  any update that would leave a non-finite number in the state (``update_skipped``).
+* **Mean decay** (the paper's ``mean_decay``, removed from evosax): after every ``tell``,
+  ``mean ← mean · (1 − mean_decay)``.
+* **Search spaces over a mask** (:class:`SearchSpace`): ``"compressed"`` searches only the active entries
+  (prunable weights kept by the mask + every non-prunable leaf such as biases, zero-valued ones included —
+  the active set comes from the mask, never from the values), as the original code did; ``"masked"`` keeps
+  the full dimension and holds pruned entries at exactly zero (samples are zeroed after ``ask``, the mean is
+  re-zeroed after ``tell``; their reported std is 0). Note that evosax's dimension-dependent constants
+  (SNES's std learning rate, CMA's ``chi_n``/``c_std``/``c_c``…) then see the full dimension, so the two
+  spaces are NOT the same algorithm; ``"compressed"`` is the paper's setting.
+* **Per-weight std** (:func:`per_weight_std`): the std of the search distribution per coordinate —
+  PGPE/SNES/DES ``state.std`` (a vector); Sep-CMA-ES ``state.std · sqrt(C)`` (exactly what ``ask`` samples
+  with: ``sqrt(clip(C, 0, 1e8) + 1e-8)``); ARS/Open-ES a scalar ``std`` broadcast (so SNR = magnitude);
+  CMA-ES ``std · sqrt(diag C)``.
+* **Pure, jittable training** (:func:`init`, :func:`step`, :func:`run`, :func:`train`): ``run`` is a
+  ``lax.scan`` over chunks of ``eval_every`` generations; after each chunk the mean is evaluated and the
+  best-scoring search state kept.
+
+evosax details that matter (0.3.2)
+----------------------------------
+* ``std_init`` lives in the algorithm *params* for PGPE/SNES/DES/Sep-CMA-ES/CMA-ES, but ARS and Open-ES
+  take their std from ``std_schedule`` (the ``std_init`` param of ARS is unused): we pass
+  ``optax.constant_schedule(sigma_init)``.
+* Default fitness shaping: PGPE and Open-ES centred ranks, ARS identity; SNES, DES, Sep-CMA-ES and CMA-ES use
+  ``weights_fitness_shaping_fn``, whose output IS the rank-based recombination weights of the update (best
+  member → largest weight). Replacing it by centred ranks or z-scores would reverse or break those updates,
+  so for these four only ``fitness_shaping="default"`` is accepted (an order-preserving pre-shaping would
+  be a no-op on rank weights anyway).
+* Algorithms that take an optax optimizer: PGPE (default ClipUp lr 0.01, max velocity 0.02), SNES and DES
+  (SGD lr 1.0 — the natural-gradient step), ARS (Adam 1e-3), Open-ES (SGD 1e-3). Sep-CMA-ES and CMA-ES
+  take none.
+* PGPE, ARS and Open-ES sample antithetically and need an even population.
+* CMA-ES / Sep-CMA-ES have ``std_min = 0``: on a problem they solve exactly, the step size underflows to
+  0 after a few hundred generations and the next update is 0/0 = NaN everywhere. We set
+  ``std_min = CMA_STD_MIN`` (1e-30), which changes nothing before that point.
+* Rank weights come from ``rankdata`` (average ranks) truncated to integers, so tied fitness values (common
+  once an ES has converged) make the weights no longer sum to their nominal value. In the masked space this
+  would let SNES's std at pruned coordinates drift without bound; hence the freezing described in ``tell``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from evosax.algorithms.distribution_based import (
+    ARS,
+    CMA_ES,
+    PGPE,
+    SNES,
+    DiscoveredES,
+    Open_ES,
+    Sep_CMA_ES,
+)
+from evosax.algorithms.distribution_based import sep_cma_es as _sep_cma_es
+from evosax.core import fitness_shaping as _shaping
+from evosax.core.optimizer import scale_by_clipup
+from flax import struct
+
+from es_lottery import masks as masks_lib
+from es_lottery import population
+
+PyTree = Any
+
+ALGORITHMS = ("PGPE", "SNES", "Sep_CMA_ES", "DES", "ARS", "Open_ES", "CMA_ES")
+OPTIMIZERS = ("default", "adam", "sgd", "clipup")
+FITNESS_SHAPINGS = ("default", "centered_rank", "z_score", "none")
+SEARCH_SPACES = ("compressed", "masked")
+
+EVOSAX_CLASSES = {
+    "PGPE": PGPE,
+    "SNES": SNES,
+    "Sep_CMA_ES": Sep_CMA_ES,
+    "DES": DiscoveredES,
+    "ARS": ARS,
+    "Open_ES": Open_ES,
+    "CMA_ES": CMA_ES,
+}
+TAKES_OPTIMIZER = ("PGPE", "SNES", "DES", "ARS", "Open_ES")
+EVEN_POPULATION = ("PGPE", "ARS", "Open_ES")  # antithetic sampling
+RANK_WEIGHTED = ("SNES", "DES", "Sep_CMA_ES", "CMA_ES")  # default shaping = recombination weights
+SCALAR_STD = ("ARS", "Open_ES")
+CLIPUP_VELOCITY_RATIO = 2.0  # max_velocity = 2 · lr, as evosax's PGPE default (0.02 / 0.01)
+LOW_FITNESS = -1e30  # stands in for non-finite fitness when a generation has no finite value at all
+CMA_STD_MIN = 1e-30  # evosax's CMA step size may underflow to exactly 0, then (x − mean)/std = 0/0 = NaN
+FROZEN_IN_MASKED = ("std", "C")  # per-coordinate statistics held fixed at pruned coordinates (masked space)
+
+__all__ = [
+    "ALGORITHMS",
+    "FITNESS_SHAPINGS",
+    "OPTIMIZERS",
+    "SEARCH_SPACES",
+    "ESConfig",
+    "ESRunState",
+    "ESTask",
+    "SearchSpace",
+    "ask",
+    "best_mean_params",
+    "generation_key",
+    "init",
+    "init_from_space",
+    "make_algorithm",
+    "make_classification_task",
+    "make_space",
+    "make_task",
+    "mean_params",
+    "per_weight_std",
+    "run",
+    "sample_batch",
+    "std_params",
+    "std_vector",
+    "step",
+    "tell",
+    "train",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _check_positive(value, field: str) -> float:
+    if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0.0:
+        raise ValueError(f"{field} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_choice(value, allowed, field: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class ESConfig:
+    """Static ES settings (hashable; passed as a static argument).
+
+    algorithm: one of ``ALGORITHMS`` (``"DES"`` is evosax's ``DiscoveredES``).
+    population_size: members per generation (even for PGPE, ARS, Open_ES).
+    sigma_init: initial std of every coordinate (> 0).
+    optimizer: ``"default"`` (evosax's default for the algorithm), ``"adam"``, ``"sgd"`` or ``"clipup"``
+        (max velocity 2·lr); only for algorithms that take an optax optimizer (``TAKES_OPTIMIZER``).
+    lr: learning rate of an explicit optimizer (required then; must be None with ``"default"``).
+    lr_decay, lr_limit: ``lr_t = max(lr · lr_decay**t, lr_limit)`` per generation (old-evosax style);
+        ``lr_decay=1`` keeps lr constant.
+    fitness_shaping: ``"default"`` (evosax's default for the algorithm), ``"centered_rank"``, ``"z_score"``
+        or ``"none"``; the last three only for PGPE, ARS and Open_ES (see the module doc).
+    mean_decay: after each tell ``mean ← mean · (1 − mean_decay)``; in [0, 1).
+    search_space: ``"compressed"`` (active entries only) or ``"masked"`` (full dimension, pruned = 0).
+    """
+
+    algorithm: str = "SNES"
+    population_size: int = 128
+    sigma_init: float = 0.05
+    optimizer: str = "default"
+    lr: float | None = None
+    lr_decay: float = 1.0
+    lr_limit: float = 0.0
+    fitness_shaping: str = "default"
+    mean_decay: float = 0.0
+    search_space: str = "compressed"
+
+    def __post_init__(self):
+        _check_choice(self.algorithm, ALGORITHMS, "algorithm")
+        p = self.population_size
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 2:
+            raise ValueError(f"population_size must be an integer ≥ 2, got {p!r}")
+        if self.algorithm in EVEN_POPULATION and p % 2:
+            raise ValueError(
+                f"population_size must be even for {self.algorithm} (antithetic sampling), got {p}"
+            )
+        _check_positive(self.sigma_init, "sigma_init")
+        _check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        if self.optimizer != "default" and self.algorithm not in TAKES_OPTIMIZER:
+            raise ValueError(
+                f"optimizer must be 'default' for {self.algorithm} (it takes no optax optimizer); "
+                f"explicit optimizers are for {', '.join(TAKES_OPTIMIZER)}"
+            )
+        if self.optimizer == "default":
+            if self.lr is not None or self.lr_decay != 1.0 or self.lr_limit != 0.0:
+                raise ValueError(
+                    "lr, lr_decay and lr_limit need an explicit optimizer "
+                    f"({', '.join(OPTIMIZERS[1:])}); optimizer='default' uses evosax's own settings"
+                )
+        else:
+            if self.lr is None:
+                raise ValueError(f"lr is required with optimizer={self.optimizer!r}")
+            _check_positive(self.lr, "lr")
+        if not _is_number(self.lr_decay) or not (0.0 < float(self.lr_decay) <= 1.0):
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if not _is_number(self.lr_limit) or not (0.0 <= float(self.lr_limit) < math.inf):
+            raise ValueError(f"lr_limit must be a finite number ≥ 0, got {self.lr_limit!r}")
+        _check_choice(self.fitness_shaping, FITNESS_SHAPINGS, "fitness_shaping")
+        if self.fitness_shaping != "default" and self.algorithm in RANK_WEIGHTED:
+            raise ValueError(
+                f"fitness_shaping must be 'default' for {self.algorithm}: its default shaping produces the "
+                "rank-based recombination weights of the update; other shapings are for "
+                f"{', '.join(a for a in ALGORITHMS if a not in RANK_WEIGHTED)}"
+            )
+        d = self.mean_decay
+        if not _is_number(d) or not (0.0 <= float(d) < 1.0):
+            raise ValueError(f"mean_decay must be a number in [0, 1), got {d!r}")
+        _check_choice(self.search_space, SEARCH_SPACES, "search_space")
+
+    def replace(self, **kw) -> ESConfig:
+        return dataclasses.replace(self, **kw)
+
+
+def _optimizer(config: ESConfig) -> optax.GradientTransformation:
+    lr: Any = float(config.lr)
+    if config.lr_decay != 1.0:
+        lr = optax.exponential_decay(
+            lr, transition_steps=1, decay_rate=float(config.lr_decay), end_value=float(config.lr_limit)
+        )
+    if config.optimizer == "adam":
+        return optax.adam(lr)
+    if config.optimizer == "sgd":
+        return optax.sgd(lr)
+    # clipup: normalise the gradient, momentum velocity clipped at CLIPUP_VELOCITY_RATIO (× lr), scale by lr
+    return optax.chain(
+        optax.normalize_by_update_norm(eps=1e-8),
+        scale_by_clipup(max_velocity_ratio=CLIPUP_VELOCITY_RATIO, momentum=0.9),
+        optax.scale_by_learning_rate(lr),
+    )
+
+
+_SHAPING_FNS = {
+    "centered_rank": _shaping.centered_rank_fitness_shaping_fn,
+    "z_score": _shaping.standardize_fitness_shaping_fn,
+    "none": _shaping.identity_fitness_shaping_fn,
+}
+
+
+@functools.lru_cache(maxsize=128)
+def make_algorithm(config: ESConfig, dim: int):
+    """(evosax algorithm, its params) for ``config`` over ``dim``-dimensional vectors (cached).
+
+    Built eagerly (``jax.ensure_compile_time_eval``) so that the cached objects hold no tracers even when
+    first requested inside a jitted function.
+    """
+    if not isinstance(config, ESConfig):
+        raise TypeError(f"config must be an ESConfig, got {type(config).__name__}")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"the search dimension must be ≥ 1, got {dim!r} (does the mask keep anything?)")
+    name = config.algorithm
+    kwargs: dict[str, Any] = {}
+    if config.optimizer != "default":
+        kwargs["optimizer"] = _optimizer(config)
+    if config.fitness_shaping != "default":
+        kwargs["fitness_shaping_fn"] = _SHAPING_FNS[config.fitness_shaping]
+    if name in SCALAR_STD:
+        kwargs["std_schedule"] = optax.constant_schedule(float(config.sigma_init))
+    with jax.ensure_compile_time_eval():
+        algo = EVOSAX_CLASSES[name](
+            int(config.population_size), jnp.zeros((int(dim),), jnp.float32), **kwargs
+        )
+        params = algo.default_params
+        if hasattr(params, "std_init"):
+            params = params.replace(std_init=jnp.asarray(config.sigma_init, jnp.float32))
+        if hasattr(params, "std_min"):  # CMA_ES, Sep_CMA_ES: a floor that only acts after std underflows
+            params = params.replace(std_min=CMA_STD_MIN)
+    return algo, params
+
+
+def per_weight_std(config_or_name: ESConfig | str, es_state, sep_cma_compat: bool = False) -> jax.Array:
+    """Per-coordinate std ``(D,)`` of the search distribution held in an evosax ``es_state``.
+
+    PGPE/SNES/DES: ``state.std``. Sep-CMA-ES: ``state.std · sqrt(C)`` (with evosax's clipping and diagonal
+    loading, i.e. exactly the std ``ask`` samples with). ARS/Open-ES: the scalar ``state.std`` broadcast.
+    CMA-ES: ``state.std · sqrt(diag C)`` (the marginal std).
+
+    ``sep_cma_compat=True`` (compatibility option, Sep-CMA-ES only; ignored by the others) returns the
+    quantity the original es-lottery code divided by: ``state.std · C`` — the step size times the diagonal
+    *variance*, not a std. (Its "final" network used ``C`` alone; with a scalar step size both rank weights
+    identically.) Use it only to reproduce the original SNR rankings.
+    """
+    name = config_or_name.algorithm if isinstance(config_or_name, ESConfig) else config_or_name
+    _check_choice(name, ALGORITHMS, "algorithm")
+    mean = es_state.mean
+    if name in ("PGPE", "SNES", "DES"):
+        return jnp.broadcast_to(es_state.std, mean.shape)
+    if name == "Sep_CMA_ES":
+        if sep_cma_compat:
+            return es_state.std * es_state.C
+        _, d = _sep_cma_es.eigen_decomposition(es_state.C)
+        return es_state.std * d
+    if name in SCALAR_STD:
+        return jnp.broadcast_to(jnp.asarray(es_state.std, mean.dtype), mean.shape)
+    # CMA_ES: the diagonal of the covariance evosax's eigen_decomposition samples from
+    c = jnp.diagonal(es_state.C)
+    return es_state.std * jnp.sqrt(jnp.minimum(jnp.maximum(c, 0.0), 1e8) + 1e-8)
+
+
+# ----------------------------------------------------------------------------------------------
+# search spaces
+
+
+@dataclass(frozen=True, eq=False)
+class SearchSpace:
+    """Maps ES vectors to params pytrees and back, for one mask.
+
+    ``kind="compressed"``: vectors hold the active entries only (``view`` is the mask's
+    :class:`~es_lottery.masks.CompressedView`). ``kind="masked"``: vectors hold every entry in flat params
+    order (``jax.tree_util`` leaf order, each leaf row-major); ``keep`` marks the active ones and
+    :meth:`project` zeroes the rest. Built on the host once per mask.
+    """
+
+    kind: str
+    view: masks_lib.CompressedView
+    keep: np.ndarray | None = None  # masked: (D,) bool, True = active
+
+    # Equality and hash by content, so that a search space rebuilt from the same mask (a new seed, a
+    # resumed run) hits the jit cache instead of recompiling.
+    def _key(self):
+        v = self.view
+        keep = None if self.keep is None else self.keep.tobytes()
+        return (self.kind, v.treedef, v.shapes, v.dtypes, v.full_size, v.index.tobytes(), keep)
+
+    def __eq__(self, other):
+        return isinstance(other, SearchSpace) and (self is other or self._key() == other._key())
+
+    def __hash__(self):
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(self._key())
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the ES vectors."""
+        return self.view.size
+
+    @property
+    def num_active(self) -> int:
+        return self.view.size if self.keep is None else int(self.keep.sum())
+
+    def project(self, vectors: jax.Array) -> jax.Array:
+        """Zero the pruned coordinates (masked space); identity for the compressed space."""
+        if self.keep is None:
+            return vectors
+        return jnp.where(jnp.asarray(self.keep), vectors, jnp.zeros((), vectors.dtype))
+
+    def to_params(self, vectors: jax.Array) -> PyTree:
+        """``(D,)`` → a params tree; ``(P, D)`` → a member-params tree with a leading axis P on every leaf.
+
+        Pruned entries are exactly zero in both spaces.
+        """
+        vectors = self.project(jnp.asarray(vectors))
+        if vectors.shape[-1] != self.dim:
+            raise ValueError(f"vectors have {vectors.shape[-1]} entries, the search space has {self.dim}")
+        if vectors.ndim == 1:
+            return self.view.scatter(vectors)
+        if vectors.ndim == 2:
+            return jax.vmap(self.view.scatter)(vectors)
+        raise ValueError(f"vectors must have shape (D,) or (P, D), got {vectors.shape}")
+
+    def from_params(self, params: PyTree) -> jax.Array:
+        """A params tree → its ES vector ``(D,)`` (masked space: pruned entries set to 0)."""
+        return self.project(self.view.flatten(params))
+
+
+def make_space(kind: str, mask: PyTree, params: PyTree | None = None) -> SearchSpace:
+    """Build the ``kind`` search space for a concrete ``mask`` (congruent to ``params`` if given)."""
+    _check_choice(kind, SEARCH_SPACES, "search_space")
+    if params is not None:
+        masks_lib.check_congruent(params, mask)
+    if kind == "compressed":
+        return SearchSpace("compressed", masks_lib.CompressedView.from_mask(mask, params))
+    full = masks_lib.CompressedView.from_mask(masks_lib.ones(mask), params)
+    keep = np.concatenate([np.ravel(np.asarray(m, dtype=bool)) for m in jax.tree_util.tree_leaves(mask)])
+    return SearchSpace("masked", full, keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# tasks
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """Adapts a closure ``fn(*args)`` to the ``fn(data, *args)`` signature of :class:`ESTask`."""
+
+    fn: Callable
+
+    def __call__(self, data, *args):
+        return self.fn(*args)
+
+
+@struct.dataclass
+class ESTask:
+    """A fitness source: ``fitness_fn(key, member_params) -> (P,)`` to MAXIMISE, and optionally
+    ``eval_fn(params) -> {name: scalar}`` for the mean (``score_key`` names the entry that picks the best).
+
+    ``data`` (a pytree of arrays) is passed to ``fitness(data, key, member_params)`` and
+    ``evaluate(data, params)`` as a traced argument, so datasets are not baked into the compiled code;
+    ``fitness``/``evaluate`` are static (hashable) callables. Use :func:`make_task` for plain closures.
+    """
+
+    data: PyTree
+    fitness: Callable = struct.field(pytree_node=False)
+    evaluate: Callable | None = struct.field(pytree_node=False, default=None)
+    score_key: str = struct.field(pytree_node=False, default="score")
+
+    @property
+    def has_eval(self) -> bool:
+        return self.evaluate is not None
+
+    def fitness_fn(self, key: jax.Array, member_params: PyTree) -> jax.Array:
+        return self.fitness(self.data, key, member_params)
+
+    def eval_fn(self, params: PyTree) -> dict:
+        if self.evaluate is None:
+            return {}
+        return self.evaluate(self.data, params)
+
+
+def make_task(
+    fitness_fn: Callable[[jax.Array, PyTree], jax.Array],
+    eval_fn: Callable[[PyTree], dict] | None = None,
+    score_key: str = "score",
+) -> ESTask:
+    """An :class:`ESTask` from closures ``fitness_fn(key, member_params)`` and ``eval_fn(params)``.
+
+    Arrays captured by the closures become compile-time constants; for large datasets build the
+    :class:`ESTask` with ``data`` instead (see :func:`make_classification_task`).
+    """
+    if not callable(fitness_fn):
+        raise TypeError("fitness_fn must be callable: fitness_fn(key, member_params) -> (P,) fitness")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError("eval_fn must be None or callable: eval_fn(params) -> dict of scalars")
+    return ESTask(
+        data=None,
+        fitness=_Bound(fitness_fn),
+        evaluate=None if eval_fn is None else _Bound(eval_fn),
+        score_key=score_key,
+    )
+
+
+def sample_batch(key: jax.Array, x: jax.Array, y: jax.Array, batch_size: int | None):
+    """The training batch of one generation: ``batch_size`` distinct examples drawn uniformly with ``key``
+    (all of them, in order, when ``batch_size`` is None or ≥ the data size)."""
+    n = x.shape[0]
+    if batch_size is None or batch_size >= n:
+        return x, y
+    idx = jax.random.choice(key, n, (batch_size,), replace=False)
+    return x[idx], y[idx]
+
+
+def _chunk_for(module: nn.Module, member_params, n: int, chunk_size) -> int:
+    npop = population.population_size(member_params)
+    widest = max(np.shape(w)[-1] for w in jax.tree_util.tree_leaves(member_params))
+    return population._resolve_chunk(chunk_size, n, population._per_example_bytes(module, npop, widest))
+
+
+@dataclass(frozen=True)
+class _CrossEntropyFitness:
+    module: nn.Module
+    batch_size: int | None
+    chunk_size: int | str | None
+
+    def __call__(self, data, key, member_params):
+        xb, yb = sample_batch(key, data["x_train"], data["y_train"], self.batch_size)
+        chunk = _chunk_for(self.module, member_params, xb.shape[0], self.chunk_size)
+        out = population.eval_params_jit(self.module, member_params, xb, yb, ("cross_entropy",), chunk)
+        return -out["cross_entropy"]
+
+
+@dataclass(frozen=True)
+class _TestAccuracy:
+    module: nn.Module
+    chunk_size: int | str | None
+
+    def __call__(self, data, params):
+        member = jax.tree_util.tree_map(lambda a: a[None], params)
+        x, y = data["x_test"], data["y_test"]
+        chunk = _chunk_for(self.module, member, x.shape[0], self.chunk_size)
+        out = population.eval_params_jit(self.module, member, x, y, ("accuracy", "cross_entropy"), chunk)
+        return {"accuracy": out["accuracy"][0], "cross_entropy": out["cross_entropy"][0]}
+
+
+def make_classification_task(
+    module: nn.Module,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    batch_size: int | None = 1024,
+    chunk_size: int | str | None = "auto",
+) -> ESTask:
+    """Classification: fitness = −mean cross-entropy of each member on a FRESH random training batch per
+    generation (the same batch for every member of a generation, drawn with the fitness key); eval = test
+    accuracy (and cross-entropy) of the mean on the full test set. ``score_key="accuracy"``.
+
+    ``batch_size=None`` (or ≥ the training size) uses the whole training set every generation.
+    """
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+    population._resolve_chunk(chunk_size, 1, 1)  # validates chunk_size
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        population._check_data(module, x, y, ("cross_entropy",))
+        if np.ndim(y) != 1 or not np.issubdtype(np.asarray(y).dtype, np.integer) or np.min(y) < 0:
+            raise ValueError(f"y_{name} must hold integer class labels ≥ 0 of shape (n,)")
+    data = {
+        "x_train": jnp.asarray(x_train, jnp.float32),
+        "y_train": jnp.asarray(y_train, jnp.int32),
+        "x_test": jnp.asarray(x_test, jnp.float32),
+        "y_test": jnp.asarray(y_test, jnp.int32),
+    }
+    bs = None if batch_size is None else int(batch_size)
+    return ESTask(
+        data=data,
+        fitness=_CrossEntropyFitness(module, bs, chunk_size),
+        evaluate=_TestAccuracy(module, chunk_size),
+        score_key="accuracy",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# state
+
+
+@struct.dataclass
+class ESRunState:
+    """Everything that changes during an ES run (``space`` and ``algorithm`` are static)."""
+
+    es_state: Any  # the evosax state (mean, std, optimizer state, …) in ES-vector coordinates
+    generation: jax.Array  # int32: generations done
+    best_eval: jax.Array  # float32: best eval score of the mean so far (−inf before the first eval)
+    best_es_state: Any  # the evosax state at that best evaluation
+    space: SearchSpace = struct.field(pytree_node=False)
+    algorithm: str = struct.field(pytree_node=False)
+
+
+def _check_config(config, state: ESRunState | None = None) -> ESConfig:
+    if not isinstance(config, ESConfig):
+        raise TypeError(f"config must be an ESConfig, got {type(config).__name__}")
+    if state is not None:
+        if state.algorithm != config.algorithm:
+            raise ValueError(
+                f"the state was initialised for {state.algorithm}, "
+                f"but config.algorithm is {config.algorithm!r}"
+            )
+        if state.space.kind != config.search_space:
+            raise ValueError(
+                f"the state searches the {state.space.kind!r} space but config.search_space is "
+                f"{config.search_space!r}"
+            )
+    return config
+
+
+def _strong(tree):
+    """Every leaf as a strongly typed array (evosax states start with Python scalars such as
+    ``generation_counter=0``), so that scan carries keep one type."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype), tree)
+
+
+@partial(jax.jit, static_argnames=("space", "config"))
+def init_from_space(key: jax.Array, theta0: PyTree, space: SearchSpace, config: ESConfig) -> ESRunState:
+    """Jittable :func:`init` for a prepared search space."""
+    algo, params = make_algorithm(config, space.dim)
+    mean = space.from_params(theta0).astype(jnp.float32)
+    es_state = _strong(algo.init(key, mean, params))
+    return ESRunState(
+        es_state=es_state,
+        generation=jnp.int32(0),
+        best_eval=jnp.float32(-jnp.inf),
+        best_es_state=es_state,
+        space=space,
+        algorithm=config.algorithm,
+    )
+
+
+def init(key: jax.Array, theta0_params: PyTree, mask: PyTree, config: ESConfig) -> ESRunState:
+    """A FRESH ES on the weights kept by ``mask``: mean = θ₀ (⊙ mask), std = ``sigma_init`` everywhere,
+    new optimizer state. ``mask`` must be concrete (the search space is built on the host)."""
+    config = _check_config(config)
+    space = make_space(config.search_space, mask, theta0_params)
+    return init_from_space(key, theta0_params, space, config)
+
+
+def mean_params(state: ESRunState, best: bool = False) -> PyTree:
+    """The search mean as a full params tree (exact zeros at pruned entries); ``best``: the best-eval one."""
+    es_state = state.best_es_state if best else state.es_state
+    return state.space.to_params(es_state.mean)
+
+
+def best_mean_params(state: ESRunState) -> PyTree:
+    """The mean with the best eval score so far (= the initial mean before any evaluation)."""
+    return mean_params(state, best=True)
+
+
+def std_vector(state: ESRunState, best: bool = False, sep_cma_compat: bool = False) -> jax.Array:
+    """Per-weight std in ES-vector coordinates (masked space: 0 at pruned coordinates)."""
+    es_state = state.best_es_state if best else state.es_state
+    return state.space.project(per_weight_std(state.algorithm, es_state, sep_cma_compat))
+
+
+def std_params(state: ESRunState, best: bool = False, sep_cma_compat: bool = False) -> PyTree:
+    """Per-weight std of the search distribution as a full params tree (exact zeros at pruned entries)."""
+    return state.space.to_params(std_vector(state, best, sep_cma_compat))
+
+
+# ----------------------------------------------------------------------------------------------
+# one generation
+
+
+@partial(jax.jit, static_argnames=("config",))
+def ask(key: jax.Array, state: ESRunState, config: ESConfig):
+    """Sample a population: ``(vectors (P, D), es_state after ask)``; masked space: pruned coords are 0."""
+    _check_config(config, state)
+    algo, params = make_algorithm(config, state.space.dim)
+    vectors, es_state = algo.ask(key, state.es_state, params)
+    return state.space.project(vectors), es_state
+
+
+def _sanitize(fitness: jax.Array):
+    """Replace non-finite fitness by the worst finite one (LOW_FITNESS if none): (clean, n_bad, any_ok)."""
+    finite = jnp.isfinite(fitness)
+    any_ok = jnp.any(finite)
+    worst = jnp.min(jnp.where(finite, fitness, jnp.inf))
+    fill = jnp.where(any_ok, worst, jnp.float32(LOW_FITNESS))
+    clean = jnp.where(finite, fitness, fill)
+    return clean, jnp.sum(~finite, dtype=jnp.int32), any_ok
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def tell(
+    key: jax.Array, state: ESRunState, es_state, vectors: jax.Array, fitness: jax.Array, config: ESConfig
+):
+    """Update the search distribution with the fitness (to MAXIMISE) of ``vectors`` from :func:`ask`.
+
+    Non-finite fitness is replaced by the generation's worst finite value (the update is skipped when there
+    is none); fitness is negated here, once, for evosax; then mean decay and, in the masked space,
+    re-zeroing of the mean and freezing of the per-coordinate std/C at pruned coordinates (nothing drives
+    them there, but evosax's rank-weight ties would let them drift). As a last safety net an update that
+    leaves any non-finite number in the search state is discarded (``update_skipped``).
+    Returns ``(state, metrics)``.
+    """
+    _check_config(config, state)
+    algo, params = make_algorithm(config, state.space.dim)
+    npop = config.population_size
+    fitness = jnp.asarray(fitness, jnp.float32)
+    if fitness.shape != (npop,):
+        raise ValueError(f"fitness must have shape ({npop},) (one value per member), got {fitness.shape}")
+    clean, n_bad, any_ok = _sanitize(fitness)
+    new, _ = algo.tell(key, vectors, -clean, es_state, params)  # evosax minimises: the one negation
+    mean = new.mean
+    if config.mean_decay:
+        mean = mean * jnp.float32(1.0 - config.mean_decay)
+    new = new.replace(mean=state.space.project(mean))
+    if state.space.keep is not None:
+        keep = jnp.asarray(state.space.keep)
+        frozen = {
+            f: jnp.where(keep, getattr(new, f), getattr(es_state, f))
+            for f in FROZEN_IN_MASKED
+            if hasattr(new, f) and jnp.shape(getattr(new, f)) == keep.shape
+        }
+        new = new.replace(**frozen)
+    ok = any_ok & _all_finite(new)
+    new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, es_state)
+    state = state.replace(es_state=new, generation=state.generation + 1)
+    finite = jnp.isfinite(fitness)
+    n_ok = jnp.maximum(jnp.sum(finite), 1)
+    std = per_weight_std(config, new)
+    if state.space.keep is not None:
+        keep = jnp.asarray(state.space.keep)
+        std_mean = jnp.sum(jnp.where(keep, std, 0.0)) / max(state.space.num_active, 1)
+    else:
+        std_mean = jnp.mean(std)
+    nan = jnp.float32(jnp.nan)
+    metrics = {
+        "generation": state.generation,
+        "fitness_mean": jnp.where(any_ok, jnp.sum(jnp.where(finite, fitness, 0.0)) / n_ok, nan),
+        "fitness_max": jnp.where(any_ok, jnp.max(clean), nan),
+        "fitness_min": jnp.where(any_ok, jnp.min(clean), nan),
+        "n_nonfinite": n_bad,
+        "update_skipped": ~ok,
+        "mean_norm": jnp.linalg.norm(new.mean),
+        "std_mean": std_mean,
+    }
+    return state, metrics
+
+
+def _step(key, state: ESRunState, task: ESTask, config: ESConfig):
+    k_ask, k_fit, k_tell = jax.random.split(key, 3)
+    vectors, es_state = ask(k_ask, state, config)
+    fitness = task.fitness_fn(k_fit, state.space.to_params(vectors))
+    return tell(k_tell, state, es_state, vectors, fitness, config)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def step(key: jax.Array, state: ESRunState, task: ESTask, config: ESConfig):
+    """One generation: ask → to_params → fitness → tell → mean decay. Returns ``(state, metrics)``."""
+    return _step(key, state, task, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# whole runs
+
+
+def generation_key(key: jax.Array, generation) -> jax.Array:
+    """The key :func:`run` passes to :func:`step` for generation ``generation`` (0-based)."""
+    return jax.random.fold_in(key, generation)
+
+
+def _check_int(value, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def _chunk(key, state: ESRunState, task: ESTask, config: ESConfig, length: int):
+    """``length`` generations, then evaluate the mean and keep the best. Returns (state, row, train)."""
+
+    def body(st, _):
+        return _step(generation_key(key, st.generation), st, task, config)
+
+    state, train_metrics = jax.lax.scan(body, state, None, length=length)
+    if task.has_eval:
+        evals = {k: jnp.asarray(v, jnp.float32) for k, v in task.eval_fn(mean_params(state)).items()}
+        if task.score_key not in evals:
+            raise ValueError(
+                f"eval_fn returned {sorted(evals)}, which lacks the score_key {task.score_key!r}"
+            )
+        score = evals[task.score_key]
+        better = score > state.best_eval  # NaN never wins
+        best_es = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(better, a, b), state.es_state, state.best_es_state
+        )
+        state = state.replace(best_eval=jnp.where(better, score, state.best_eval), best_es_state=best_es)
+    else:  # nothing to select with: the best is the latest
+        evals = {}
+        state = state.replace(best_es_state=state.es_state)
+    row = {"generation": state.generation, **evals, "best_eval": state.best_eval}
+    return state, row, train_metrics
+
+
+@partial(jax.jit, static_argnames=("config", "num_generations", "eval_every"))
+def _run(key, state, task, config, num_generations, eval_every):
+    n_full, rem = divmod(num_generations, eval_every)
+    rows, trains = [], []
+    if n_full:
+
+        def outer(st, _):
+            st, row, tr = _chunk(key, st, task, config, eval_every)
+            return st, (row, tr)
+
+        state, (row, tr) = jax.lax.scan(outer, state, None, length=n_full)
+        rows.append(row)
+        trains.append(jax.tree_util.tree_map(lambda a: a.reshape(-1, *a.shape[2:]), tr))
+    if rem:
+        state, row, tr = _chunk(key, state, task, config, rem)
+        rows.append(jax.tree_util.tree_map(lambda a: a[None], row))
+        trains.append(tr)
+    cat = partial(jax.tree_util.tree_map, lambda *xs: jnp.concatenate(xs))
+    return state, {"eval": cat(*rows), "train": cat(*trains)}
+
+
+def run(
+    key: jax.Array, state: ESRunState, task: ESTask, config: ESConfig, num_generations: int, eval_every: int
+):
+    """Continue ``state`` for ``num_generations`` generations (generation g uses
+    ``generation_key(key, g)``, so runs split into pieces with the same key reproduce one long run).
+
+    After every ``eval_every`` generations (and at the end) the mean is evaluated with ``task.eval_fn`` and
+    the best-scoring search state kept. Returns ``(state, history)`` with ``history["eval"]`` (one row per
+    evaluation: ``generation``, the eval metrics, ``best_eval``) and ``history["train"]`` (one row per
+    generation: fitness statistics, ``n_nonfinite``, ``mean_norm``, ``std_mean``).
+    """
+    config = _check_config(config, state)
+    num_generations = _check_int(num_generations, "num_generations", 1)
+    eval_every = _check_int(eval_every, "eval_every", 1)
+    return _run(key, state, task, config, num_generations, min(eval_every, num_generations))
+
+
+def train(
+    key: jax.Array,
+    theta0: PyTree,
+    mask: PyTree,
+    task: ESTask,
+    config: ESConfig,
+    num_generations: int,
+    eval_every: int,
+):
+    """A fresh ES from θ₀ on ``mask`` for ``num_generations``: ``(final state, history)`` (see :func:`run`).
+
+    Use :func:`mean_params`, :func:`best_mean_params` and :func:`std_params` on the final state.
+    """
+    k_init, k_run = jax.random.split(key)
+    state = init(k_init, theta0, mask, config)
+    return run(k_run, state, task, config, num_generations, eval_every)
