@@ -4,6 +4,9 @@
 ``es-lottery slt [CONFIG] [--seeds N] [--out DIR]``
                                       strong-ticket GA experiment (``configs/slt/*.yaml``; without CONFIG
                                       an embedded quickstart: moons, arch B, plain GA, 8 seeds).
+``es-lottery imp CONFIG [--seeds N] [--out DIR]``
+                                      iterative pruning with ES or GD (``configs/imp/*.yaml``), resumable:
+                                      re-running skips finished levels and resumes an ES level mid-way.
 """
 
 from __future__ import annotations
@@ -82,6 +85,15 @@ def cmd_slt(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_imp(args: argparse.Namespace, console: Console) -> int:
+    from es_lottery.experiments import imp
+
+    exp = imp.load_config(args.config, seeds=args.seeds)
+    path = imp.run_experiment(exp, out=args.out, console=console)
+    console.print(f"run directory: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="es-lottery", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     slt.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
     slt.add_argument("--out", default="runs", help="output directory (default: runs/)")
     slt.set_defaults(func=cmd_slt)
+    imp = sub.add_parser(
+        "imp", help="ES lottery tickets: iterative pruning with ES or GD (Lange & Sprekeler)"
+    )
+    imp.add_argument("config", help="YAML config (configs/imp/*.yaml)")
+    imp.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
+    imp.add_argument("--out", default="runs", help="output directory (default: runs/)")
+    imp.set_defaults(func=cmd_imp)
     return parser
 
 

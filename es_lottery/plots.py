@@ -170,3 +170,93 @@ def curve_by_classes(rows: list[dict], path: str | Path, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# ES lottery tickets (Lange & Sprekeler 2023)
+
+CRITERION_COLORS = {
+    "snr": "black",
+    "snr_sep_cma_compat": "dimgrey",
+    "magnitude": "tab:red",
+    "random_reinit": "goldenrod",
+    "mask_reinit": "tab:purple",
+    "permute_weights": "tab:blue",
+    "permute_mask_and_weights": "tab:cyan",
+    "random": "tab:orange",
+    "movement": "tab:brown",
+    "magnitude_increase": "tab:pink",
+    "smallest_initial": "tab:olive",
+    "gd": "tab:green",
+}
+
+
+def performance_vs_density(
+    rows: list[dict],
+    path: str | Path,
+    title: str,
+    order: tuple[str, ...] | list[str] | None = None,
+    metric: str = "test_accuracy",
+    ylabel: str = "test accuracy",
+    reference: dict[str, list[tuple[float, float]]] | None = None,
+    label_key: str = "criterion",
+) -> Path:
+    """The paper's Fig. 2/3: performance against the fraction of remaining (prunable) weights.
+
+    ``rows``: one dict per (seed, criterion, level) with ``label_key`` (default ``criterion``), ``level``,
+    ``density`` (kept / prunable) and ``metric``. Each line is the mean over seeds at every level (x: the
+    mean density), the band and error bars ± one standard error (std with ddof=1 / √n; none for one seed).
+    The x axis is logarithmic and runs from dense (left) to sparse (right). ``reference`` maps a label to
+    ``(density, value)`` points drawn as open markers (e.g. numbers read off the paper's plots).
+    """
+    by: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        v = r.get(metric)
+        if v is None or not np.isfinite(v):
+            continue
+        by[str(r[label_key])][int(r["level"])].append((float(r["density"]), float(v)))
+    labels = [c for c in (order or ()) if c in by] + sorted(c for c in by if c not in (order or ()))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, label in enumerate(labels):
+        levels = sorted(by[label])
+        x = np.asarray([np.mean([d for d, _ in by[label][k]]) for k in levels])
+        vals = [np.asarray([v for _, v in by[label][k]]) for k in levels]
+        y = np.asarray([v.mean() for v in vals])
+        se = np.asarray([v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0 for v in vals])
+        n = max(len(v) for v in vals)
+        color = CRITERION_COLORS.get(label)
+        if color is None:  # e.g. "ES snr" / "GD magnitude": GD green, else by the criterion's own colour
+            low = label.lower()
+            color = CRITERION_COLORS["gd"] if low.startswith("gd") else CRITERION_COLORS.get(low.split()[-1])
+        color = color or f"C{i % 10}"
+        ax.errorbar(x, y, yerr=se, marker="o", ms=3.5, capsize=2.5, color=color, label=f"{label} (n={n})")
+        ax.fill_between(x, y - se, y + se, color=color, alpha=0.12, lw=0)
+    for j, (label, pts) in enumerate((reference or {}).items()):
+        pts = np.asarray(pts, float).reshape(-1, 2)
+        ax.plot(pts[:, 0], pts[:, 1], ls=":", marker="s", mfc="none", color=f"C{(j + 5) % 10}", label=label)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    dens = [d for per in by.values() for pts in per.values() for d, _ in pts]
+    if dens:
+        lo, hi = min(dens), max(dens)
+        fine = [1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.015, 0.01]
+        fine += [0.007, 0.005, 0.003, 0.002, 0.001]
+        ticks = [t for t in fine if lo * 0.97 <= t <= hi * 1.03]
+        if len(ticks) > 9:  # many decades: the 1-2-5 series
+            ticks = [t for t in ticks if f"{t:.0e}"[0] in "125"]
+        if ticks:
+            ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("remaining prunable weights (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    if labels or reference:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,348 @@
+"""ES trainer for iterative pruning: ``ESTrainer`` implements the ``Trainer`` protocol over ``search.es``.
+
+Every call of :meth:`ESTrainer.train` (one pruning level) starts a FRESH evolution strategy
+(``es.init``): mean = θ₀ ⊙ mask in the configured search space (``"compressed"`` by default: only the
+surviving weights and every bias are searched, as in the original code), σ = ``sigma_init`` everywhere and
+a new optimiser state. It then trains ``num_generations`` generations with ``es.run``, evaluating the mean
+on the test set every ``eval_every`` generations, and returns
+
+* ``final_params`` — the final search mean (or, with ``use_best_mean=True``, the mean with the best test
+  accuracy among the evaluations; the paper uses the final mean), exact zeros at pruned entries;
+* ``std_params`` — the per-weight std of the search distribution at that mean (``es.std_params``:
+  PGPE/SNES/DES ``std``, Sep-CMA-ES ``std·sqrt(C)``, ARS/Open-ES the scalar std), zeros at pruned entries;
+* ``eval_score`` — the test accuracy of that mean; ``metrics`` — the eval and per-generation curves.
+
+Checkpoint / resume inside a level
+----------------------------------
+Training runs in SEGMENTS of ``checkpoint_every`` generations (one segment when it is ``None``). After each
+segment the trainer saves the ES run state and the history so far with its checkpointer (if one is set)
+and then calls its segment hook (if one is set). On the next ``train`` call with the same level inputs the
+checkpointer's latest state is restored and training continues from that generation. Because
+``es.run`` gives generation g the key ``fold_in(k_run, g)``, and because an uninterrupted run executes
+exactly the same segments (the segmentation is a function of the config, not of interruptions), a resumed
+level is bitwise identical to an uninterrupted one. ``checkpoint_every`` must be a multiple of
+``eval_every`` so that the evaluation points (and hence the best mean) do not depend on it either.
+
+:class:`OrbaxCheckpointer` stores the state with ``orbax.checkpoint`` (one directory per checkpoint,
+``gen_XXXXXXXX``, written atomically; older ones are removed after a successful save). The experiment
+driver (``experiments/imp.py``) gives every level its own checkpoint directory via
+:meth:`ESTrainer.checkpointing`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from es_lottery import masks as masks_lib
+from es_lottery import networks
+from es_lottery.pruning.loop import TrainResult
+from es_lottery.search import es
+
+PyTree = Any
+SegmentHook = Callable[[dict], Any]
+
+__all__ = [
+    "ESTrainer",
+    "ESTrainerConfig",
+    "OrbaxCheckpointer",
+    "SegmentCheckpointer",
+]
+
+
+def _check_int(value, field: str, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{field} must be an integer ≥ {minimum}{extra}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ESTrainerConfig:
+    """Static settings of the ES trainer (hashable). Defaults: the paper's vision settings.
+
+    es: the ``ESConfig`` (algorithm, population size, σ_init, optimiser, search space …).
+    num_generations: generations per pruning level.
+    eval_every: generations between evaluations of the mean on the test set (and at the end).
+    batch_size: training examples per generation (a fresh batch each generation; ``None`` = all).
+    checkpoint_every: generations per segment; the run state is checkpointed after each segment
+        (``None``: one segment, no mid-level checkpoint). Must be a multiple of ``eval_every``.
+    use_best_mean: return the best-evaluated mean instead of the final one.
+    chunk_size: data chunk of the population kernels (``"auto"``, an int, or ``None``).
+    """
+
+    es: es.ESConfig = dataclasses.field(default_factory=es.ESConfig)
+    num_generations: int = 4000
+    eval_every: int = 100
+    batch_size: int | None = 1024
+    checkpoint_every: int | None = None
+    use_best_mean: bool = False
+    chunk_size: int | str | None = "auto"
+
+    def __post_init__(self):
+        if not isinstance(self.es, es.ESConfig):
+            raise TypeError(f"es must be an ESConfig, got {type(self.es).__name__}")
+        _check_int(self.num_generations, "num_generations", 1)
+        _check_int(self.eval_every, "eval_every", 1)
+        _check_int(self.batch_size, "batch_size", 1, allow_none=True)
+        _check_int(self.checkpoint_every, "checkpoint_every", 1, allow_none=True)
+        if self.checkpoint_every is not None and self.checkpoint_every % self.eval_every:
+            raise ValueError(
+                f"checkpoint_every must be a multiple of eval_every ({self.eval_every}), got "
+                f"{self.checkpoint_every}: the evaluation points must not depend on the checkpoints"
+            )
+        if not isinstance(self.use_best_mean, (bool, np.bool_)):
+            raise ValueError(f"use_best_mean must be a bool, got {self.use_best_mean!r}")
+        if self.chunk_size is not None and self.chunk_size != "auto":
+            _check_int(self.chunk_size, "chunk_size", 1)
+
+    @property
+    def segment(self) -> int:
+        """Generations per segment."""
+        return self.num_generations if self.checkpoint_every is None else self.checkpoint_every
+
+    def replace(self, **kw) -> ESTrainerConfig:
+        return dataclasses.replace(self, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpointing
+
+
+class SegmentCheckpointer(Protocol):
+    """Saves and restores the ES run state of ONE training run (one level)."""
+
+    def save(self, state: es.ESRunState, history: dict) -> None: ...
+
+    def restore(self, template: es.ESRunState) -> tuple[es.ESRunState, dict] | None: ...
+
+
+_GEN_DIR = re.compile(r"^gen_(\d{8})$")
+
+
+def _host(tree: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+class OrbaxCheckpointer:
+    """``SegmentCheckpointer`` writing ``<directory>/gen_XXXXXXXX`` with ``orbax.checkpoint``.
+
+    The payload holds the leaves of the ``ESRunState`` (its static search space and algorithm name come
+    from the template at restore time and are checked against the leaf shapes), the history so far and
+    the generation. Everything is saved as host (numpy) arrays, so a checkpoint restores on any device
+    layout. Only the latest checkpoint is kept.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def _finished(self) -> list[tuple[int, Path]]:
+        if not self.directory.is_dir():
+            return []
+        out = []
+        for p in self.directory.iterdir():
+            m = _GEN_DIR.match(p.name)
+            if m and p.is_dir():
+                out.append((int(m.group(1)), p))
+        return sorted(out)
+
+    def latest_generation(self) -> int | None:
+        found = self._finished()
+        return found[-1][0] if found else None
+
+    def save(self, state: es.ESRunState, history: dict) -> None:
+        import orbax.checkpoint as ocp
+
+        generation = int(jax.device_get(state.generation))
+        leaves = jax.tree_util.tree_leaves(state)
+        payload = {
+            "leaves": {f"{i:04d}": np.asarray(jax.device_get(x)).reshape(-1) for i, x in enumerate(leaves)},
+            "history": _host(history),
+            "generation": np.asarray([generation], np.int64),
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"gen_{generation:08d}"
+        if path.exists():
+            shutil.rmtree(path)
+        ocp.PyTreeCheckpointer().save(path.resolve(), payload)
+        for g, p in self._finished():
+            if g < generation:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def restore(self, template: es.ESRunState) -> tuple[es.ESRunState, dict] | None:
+        import orbax.checkpoint as ocp
+
+        found = self._finished()
+        if not found:
+            return None
+        generation, path = found[-1]
+        data = ocp.PyTreeCheckpointer().restore(path.resolve())
+        t_leaves, treedef = jax.tree_util.tree_flatten(template)
+        saved = data["leaves"]
+        if len(saved) != len(t_leaves):
+            raise ValueError(
+                f"checkpoint {path} holds {len(saved)} state leaves, the ES run state has {len(t_leaves)}; "
+                "it belongs to another configuration — delete it to start the level afresh"
+            )
+        leaves = []
+        for i, t in enumerate(t_leaves):
+            x = np.asarray(saved[f"{i:04d}"])
+            if x.size != np.size(t):
+                raise ValueError(
+                    f"checkpoint {path}: state leaf {i} has {x.size} entries, expected {np.size(t)} "
+                    "(another mask or configuration?) — delete it to start the level afresh"
+                )
+            leaves.append(jnp.asarray(x.astype(np.asarray(t).dtype).reshape(np.shape(t))))
+        state = jax.tree_util.tree_unflatten(treedef, leaves)
+        if int(state.generation) != generation:
+            raise ValueError(
+                f"checkpoint {path} is inconsistent: its state is at generation {state.generation}"
+            )
+        history = jax.tree_util.tree_map(np.asarray, data["history"])
+        return state, history
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+
+
+def _as_device(state: es.ESRunState) -> es.ESRunState:
+    """Every leaf through host memory as a strongly typed array: a state fresh from ``es.run`` and one
+    restored from a checkpoint enter the next segment in exactly the same form (same avals, same
+    compiled program)."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(jax.device_get(x))), state)
+
+
+def _concat(a: dict | None, b: dict) -> dict:
+    if a is None:
+        return b
+    return {k: _concat(a[k], b[k]) if isinstance(b[k], dict) else np.concatenate([a[k], b[k]]) for k in b}
+
+
+class ESTrainer:
+    """Masked ES classification trainer (``Trainer`` protocol) for iterative pruning.
+
+    Fitness: −cross-entropy on a fresh training batch per generation; evaluation: test accuracy of the
+    mean (``es.make_classification_task``). Inputs of image datasets keep their (n, 28, 28, 1) shape; MLPs
+    flatten trailing dimensions.
+    """
+
+    provides_std = True
+
+    def __init__(
+        self,
+        module: nn.Module,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        config: ESTrainerConfig = ESTrainerConfig(),
+    ):
+        if not isinstance(config, ESTrainerConfig):
+            raise TypeError(f"config must be an ESTrainerConfig, got {type(config).__name__}")
+        module.validate()
+        self.module = module
+        self.config = config
+        self.task = es.make_classification_task(
+            module, x_train, y_train, x_test, y_test, config.batch_size, config.chunk_size
+        )
+        self.checkpointer: SegmentCheckpointer | None = None
+        self.on_segment: SegmentHook | None = None
+
+    @classmethod
+    def from_dataset(cls, module: nn.Module, dataset, config: ESTrainerConfig = ESTrainerConfig()):
+        """From a ``tasks.classification.Dataset``."""
+        return cls(module, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, config)
+
+    @property
+    def name(self) -> str:
+        return f"es[{self.config.es.algorithm}]"
+
+    @contextlib.contextmanager
+    def checkpointing(
+        self, checkpointer: SegmentCheckpointer | None, on_segment: SegmentHook | None = None
+    ) -> Iterator[ESTrainer]:
+        """Within the block, ``train`` checkpoints with ``checkpointer`` and calls ``on_segment(info)``
+        after every segment (``info``: generation, num_generations, the latest eval row)."""
+        old = (self.checkpointer, self.on_segment)
+        self.checkpointer, self.on_segment = checkpointer, on_segment
+        try:
+            yield self
+        finally:
+            self.checkpointer, self.on_segment = old
+
+    # -- the Trainer protocol ------------------------------------------------------------------
+
+    def init_params(self, key: jax.Array) -> PyTree:
+        return networks.init_params(key, self.module)
+
+    def init_state(self, key: jax.Array, theta0: PyTree, mask: PyTree) -> es.ESRunState:
+        """A FRESH ES on ``mask``: mean θ₀ ⊙ mask, σ = σ_init, new optimiser state, generation 0."""
+        return _as_device(es.init(key, theta0, mask, self.config.es))
+
+    def train(self, key: jax.Array, theta0: PyTree, mask: PyTree) -> TrainResult:
+        masks_lib.check_congruent(theta0, mask)
+        cfg = self.config
+        k_init, k_run = jax.random.split(key)
+        state = self.init_state(k_init, theta0, mask)
+        history = None
+        if self.checkpointer is not None:
+            restored = self.checkpointer.restore(state)
+            if restored is not None:
+                state, history = restored
+        generation = int(state.generation)
+        total = cfg.num_generations
+        if generation > total:
+            raise ValueError(f"the restored ES state is at generation {generation} > num_generations={total}")
+        while generation < total:
+            n = min(cfg.segment, total - generation)
+            state, hist = es.run(k_run, state, self.task, cfg.es, n, cfg.eval_every)
+            state = _as_device(state)
+            history = _concat(history, _host(hist))
+            generation += n
+            if self.checkpointer is not None:
+                self.checkpointer.save(state, history)
+            if self.on_segment is not None:
+                last = {k: float(v[-1]) for k, v in history["eval"].items()}
+                self.on_segment({"generation": generation, "num_generations": total, "eval": last})
+        return self._result(state, history)
+
+    def _result(self, state: es.ESRunState, history: dict) -> TrainResult:
+        best = bool(self.config.use_best_mean)
+        evals = history["eval"]
+        key = self.task.score_key
+        if best:  # the first evaluation that reached best_eval (the state es.run kept); none if all NaN
+            hits = np.flatnonzero(evals[key] == np.float32(jax.device_get(state.best_eval)))
+            row = int(hits[0]) if hits.size else None
+        else:  # es.run always evaluates the mean after the last generation
+            row = len(evals[key]) - 1
+        final = es.mean_params(state, best=best)
+        std = es.std_params(state, best=best)
+        chosen = {
+            f"test_{k}": float("nan") if row is None else float(v[row])
+            for k, v in evals.items()
+            if k not in ("generation", "best_eval")
+        }
+        metrics = {
+            "eval": evals,
+            "train": history["train"],
+            **chosen,
+            "chosen_generation": 0 if row is None else int(evals["generation"][row]),
+            "generations": int(state.generation),
+        }
+        return TrainResult(
+            final_params=final, std_params=std, metrics=metrics, eval_score=chosen[f"test_{key}"]
+        )
