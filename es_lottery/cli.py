@@ -7,6 +7,8 @@
 ``es-lottery imp CONFIG [--seeds N] [--out DIR]``
                                       iterative pruning with ES or GD (``configs/imp/*.yaml``), resumable:
                                       re-running skips finished levels and resumes an ES level mid-way.
+``es-lottery nets [CONFIG] [--seeds N] [--out DIR]``
+                                      Neuroevolution Ticket Search vs IMP vs random (``configs/nets/*.yaml``).
 """
 
 from __future__ import annotations
@@ -94,6 +96,12 @@ def cmd_imp(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_nets(args: argparse.Namespace, console: Console) -> int:
+    from es_lottery.experiments import nets
+
+    return nets.main_nets(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="es-lottery", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
     imp.add_argument("--out", default="runs", help="output directory (default: runs/)")
     imp.set_defaults(func=cmd_imp)
+    nets = sub.add_parser("nets", help="Neuroevolution Ticket Search (Jackson et al.)")
+    nets.add_argument(
+        "config", nargs="?", default=None, help="YAML config (configs/nets/*.yaml; default: quickstart)"
+    )
+    nets.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
+    nets.add_argument("--out", default="runs", help="output directory (default: runs/)")
+    nets.set_defaults(func=cmd_nets)
     return parser
 
 

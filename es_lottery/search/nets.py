@@ -1,0 +1,932 @@
+"""Neuroevolution Ticket Search (NeTS, Jackson et al. 2023) as pure jitted functions.
+
+Weak lottery tickets: a genome is a (weights, mask) pair for every parameter of a network — biases carry
+weights only and are never masked (their mask leaves are all ones, as everywhere in this package). The
+population (``pop_size`` genomes, leading axis P on every leaf) is kept sorted best first.
+
+Fitness (MINIMISED, the only place in the package where lower is better — NeTS is defined that way)::
+
+    fitness = L + ((d − τ) / (1 − τ))²
+
+with ``d`` the GLOBAL density of the prunable weights (kept / total, counted over ALL prunable weights — not
+the mean of per-layer densities, which was a bug of the original code) and ``τ = target_density``. ``L``
+depends on ``fitness``:
+
+* ``"train_then_val"`` (the paper's): the genome ``θ ⊙ m`` is trained for ``inner_epochs`` (1) epochs of
+  masked SGD on the train split, ``L`` is the validation loss of the trained weights; the trained weights are
+  DISCARDED (the genome keeps θ).
+* ``"forward"``: ``L`` = validation loss of ``θ ⊙ m`` as is (no training).
+* ``"train_val"``: the same inner training, then ``L`` = train-split loss + validation loss, both of the
+  trained weights.
+
+Loss: mean binary cross-entropy on the logit for 1-output networks (XOR 2-h-1), mean softmax cross-entropy
+otherwise. A non-finite loss gives fitness +inf (ranked last); NaN never enters the search state.
+
+The inner training of ALL members is ONE jitted program: ``vmap`` over members of ``lax.scan`` (epochs) of
+``lax.scan`` (batches). All members see the same shuffled batch order in a generation (common random
+numbers: differences in fitness come from the genomes, not from the batch order).
+
+One generation (``step``), with E = ``n_elite`` and C = P − E children:
+
+1. Selection of 2·C parents from the current population, favouring LOWER fitness: ``"rank"`` (linear
+   ranking, the best member weighs P, the worst 1) or ``"tournament"`` (``tournament_size`` candidates drawn
+   with replacement, the lowest fitness wins, ties to the lower population index). ``"roulette_original"``
+   reproduces the original code's roulette, whose probabilities are proportional to the (minimised) fitness
+   and so favour WORSE genomes — a compatibility switch only, never the default.
+2. Uniform crossover: with probability ``crossover_rate`` a child mixes its two parents entry by entry
+   (each entry from either parent with probability 1/2); otherwise it is a clone of its first parent.
+   ``crossover_mode="gene"`` takes the weight AND the mask bit of an entry from the same parent;
+   ``"independent"`` draws them separately.
+3. Mutation, entry by entry: Gaussian weight noise (probability ``noise_rate``, ``w += noise_scale · ε``,
+   applied once — the original scaled it twice), weight resampling from the init distribution
+   (``resample_rate``), dormancy (prunable mask bit → 0 with ``dormancy_rate``) and, optionally, enabling
+   (prunable mask bit → 1 with ``enable_rate``, default 0). Weights of dormant entries stay in the genome.
+4. The children are evaluated (elites keep their fitness), the E elites are copied bitwise unchanged, and
+   elites + children are sorted by (fitness, index).
+
+The best genome ever seen is tracked (``best_params``/``best_mask``; with E ≥ 1 it is member 0).
+``run`` stops after ``generations`` generations, or earlier when the best fitness has not changed for
+``patience`` generations (``lax.while_loop``). Everything is a pure function of explicit keys:
+``init(key, task, config)``, ``step(key, state, task, config)``, ``run(key, task, config)``;
+``jax.vmap(run, in_axes=(0, None, None))`` runs many seeds.
+
+After the search, ``train_ticket`` trains ``θ_best ⊙ m_best`` (or any masked init) with masked SGD and
+reports test accuracy — the evaluation protocol of the paper (see ``es_lottery.experiments.nets``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from es_lottery import masks as masks_lib
+from es_lottery import networks, population
+
+PyTree = Any
+
+FITNESS = ("train_then_val", "forward", "train_val")
+SELECTIONS = ("rank", "tournament", "roulette_original")
+CROSSOVER_MODES = ("gene", "independent")
+
+__all__ = [
+    "CROSSOVER_MODES",
+    "FITNESS",
+    "SELECTIONS",
+    "NeTSConfig",
+    "NeTSState",
+    "NeTSTask",
+    "TrainConfig",
+    "advance",
+    "best_ticket",
+    "crossover",
+    "density_penalty",
+    "dormancy",
+    "empty_history",
+    "enable",
+    "evaluate_genomes",
+    "evaluate_ticket",
+    "generation_key",
+    "global_density",
+    "init",
+    "make_task",
+    "member_density",
+    "mutate",
+    "per_example_loss",
+    "population_loss",
+    "predictions",
+    "rank_order",
+    "run",
+    "select",
+    "selection_probs",
+    "sgd_train",
+    "should_stop",
+    "split_run_key",
+    "split_validation",
+    "step",
+    "tournament_winners",
+    "train_population",
+    "train_ticket",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+def _check_number(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{field} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{field} must be finite, got {value!r}")
+    return v
+
+
+def _check_rate(value, field: str) -> float:
+    v = _check_number(value, field)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{field} must be in [0, 1], got {value!r}")
+    return v
+
+
+def _check_int(value, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_positive(value, field: str) -> float:
+    v = _check_number(value, field)
+    if v <= 0:
+        raise ValueError(f"{field} must be > 0, got {value!r}")
+    return v
+
+
+def _check_choice(value, allowed, field: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Masked SGD settings (hashable; a static argument). Used for the inner training of the fitness and
+    for the final training of tickets. ``momentum`` 0 is plain SGD (the paper's)."""
+
+    epochs: int = 50
+    lr: float = 0.1
+    batch_size: int = 64
+    momentum: float = 0.0
+    eval_chunk: int = 2048  # examples per forward pass when evaluating
+
+    def __post_init__(self):
+        _check_int(self.epochs, "epochs", 1)
+        _check_positive(self.lr, "lr")
+        _check_int(self.batch_size, "batch_size", 1)
+        m = _check_number(self.momentum, "momentum")
+        if not 0.0 <= m < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        _check_int(self.eval_chunk, "eval_chunk", 1)
+
+    def replace(self, **kw) -> TrainConfig:
+        return dataclasses.replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class NeTSConfig:
+    """Static NeTS settings (hashable; a static argument). Defaults follow the paper (REFERENCE.md §3)."""
+
+    pop_size: int = 5
+    generations: int = 25
+    patience: int | None = None  # stop when the best fitness is unchanged this many generations; None: off
+    target_density: float = 0.2  # τ
+    fitness: str = "train_then_val"
+    selection: str = "rank"
+    tournament_size: int = 2
+    n_elite: int = 1
+    crossover_rate: float = 0.5
+    crossover_mode: str = "gene"
+    noise_rate: float = 0.1
+    noise_scale: float = 0.1
+    resample_rate: float = 0.1
+    dormancy_rate: float = 0.2
+    enable_rate: float = 0.0
+    init_density: float = 1.0  # initial masks: Bernoulli(init_density) on prunable entries (1: dense)
+    inner_epochs: int = 1
+    inner_lr: float = 0.1
+    inner_batch_size: int = 64
+    inner_momentum: float = 0.0
+    eval_chunk: int = 2048
+
+    def __post_init__(self):
+        _check_int(self.pop_size, "pop_size", 2)
+        _check_int(self.n_elite, "n_elite", 0)
+        if self.pop_size < self.n_elite + 1:
+            raise ValueError(
+                f"pop_size must be ≥ n_elite + 1 = {self.n_elite + 1} (at least one child per generation), "
+                f"got {self.pop_size}"
+            )
+        _check_int(self.generations, "generations", 1)
+        if self.patience is not None:
+            _check_int(self.patience, "patience", 1)
+        tau = _check_number(self.target_density, "target_density")
+        if not 0.0 < tau < 1.0:
+            raise ValueError(f"target_density (τ) must be in (0, 1), got {self.target_density!r}")
+        _check_choice(self.fitness, FITNESS, "fitness")
+        _check_choice(self.selection, SELECTIONS, "selection")
+        _check_int(self.tournament_size, "tournament_size", 1)
+        _check_choice(self.crossover_mode, CROSSOVER_MODES, "crossover_mode")
+        for f in ("crossover_rate", "noise_rate", "resample_rate", "dormancy_rate", "enable_rate"):
+            _check_rate(getattr(self, f), f)
+        if _check_number(self.noise_scale, "noise_scale") < 0:
+            raise ValueError(f"noise_scale must be ≥ 0, got {self.noise_scale!r}")
+        masks_lib.check_density(self.init_density, field="init_density")
+        _check_int(self.inner_epochs, "inner_epochs", 1)
+        _check_positive(self.inner_lr, "inner_lr")
+        _check_int(self.inner_batch_size, "inner_batch_size", 1)
+        m = _check_number(self.inner_momentum, "inner_momentum")
+        if not 0.0 <= m < 1.0:
+            raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}")
+        _check_int(self.eval_chunk, "eval_chunk", 1)
+
+    @property
+    def n_children(self) -> int:
+        return self.pop_size - self.n_elite
+
+    @property
+    def inner(self) -> TrainConfig:
+        """The inner (fitness) training as a ``TrainConfig``."""
+        return TrainConfig(
+            epochs=self.inner_epochs,
+            lr=self.inner_lr,
+            batch_size=self.inner_batch_size,
+            momentum=self.inner_momentum,
+            eval_chunk=self.eval_chunk,
+        )
+
+    def replace(self, **kw) -> NeTSConfig:
+        return dataclasses.replace(self, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# task
+
+
+@struct.dataclass
+class NeTSTask:
+    """A classification task: a network (static) and train / validation data (arrays)."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_val: jax.Array
+    y_val: jax.Array
+    module: nn.Module = struct.field(pytree_node=False)
+
+
+def _out_dim(module: nn.Module) -> int:
+    params = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
+    xb = jax.ShapeDtypeStruct((1, *module.input_shape), jnp.float32)
+    return int(jax.eval_shape(lambda p, x: networks.apply(module, p, x), params, xb).shape[-1])
+
+
+def check_data(module: nn.Module, x, y, name: str) -> tuple[jax.Array, jax.Array]:
+    """Validate one split for ``module`` (flattened inputs are accepted) and convert it to arrays."""
+    in_shape = tuple(module.input_shape)
+    xs, ys = np.shape(x), np.shape(y)
+    if len(xs) < 2 or xs[0] < 1 or int(np.prod(xs[1:])) != int(np.prod(in_shape)):
+        raise ValueError(f"x_{name} must have shape (n, {', '.join(map(str, in_shape))}), got {xs}")
+    if ys != (xs[0],):
+        raise ValueError(f"y_{name} must have shape ({xs[0]},) (one label per input), got {ys}")
+    if not np.issubdtype(np.asarray(y).dtype, np.integer) or np.min(y) < 0:
+        raise ValueError(f"y_{name} must hold integer class labels ≥ 0")
+    out = _out_dim(module)
+    classes = 2 if out == 1 else out
+    if int(np.max(y)) >= classes:
+        raise ValueError(
+            f"y_{name} has label {int(np.max(y))} but the network has {out} output(s) "
+            f"({classes} classes{'; 1 output = binary logit' if out == 1 else ''})"
+        )
+    x = jnp.asarray(x, jnp.float32).reshape(xs[0], *in_shape)
+    return x, jnp.asarray(y, jnp.int32)
+
+
+def make_task(module: nn.Module, x_train, y_train, x_val, y_val) -> NeTSTask:
+    """Validate and package a task. Labels are ints; a 1-output network is a binary (logit) classifier."""
+    module.validate()
+    x_train, y_train = check_data(module, x_train, y_train, "train")
+    x_val, y_val = check_data(module, x_val, y_val, "val")
+    return NeTSTask(x_train, y_train, x_val, y_val, module)
+
+
+def split_validation(x, y, fraction: float = 0.1, seed: int = 0):
+    """Deterministic split of a train set: ``(x_train, y_train, x_val, y_val)``.
+
+    A fixed random permutation (``numpy.random.default_rng(seed)``); the validation part holds
+    ``round(fraction · n)`` examples (at least 1, at most n − 1).
+    """
+    f = _check_number(fraction, "validation_fraction")
+    if not 0.0 < f < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
+    n = int(np.shape(x)[0])
+    if n < 2:
+        raise ValueError(f"need at least 2 training examples to split off a validation set, got {n}")
+    n_val = min(max(round(f * n), 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    val, tr = perm[:n_val], perm[n_val:]
+    x, y = np.asarray(x), np.asarray(y)
+    return x[tr], y[tr], x[val], y[val]
+
+
+# ----------------------------------------------------------------------------------------------
+# loss, density and penalty
+
+
+def per_example_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Binary cross-entropy on the logit (1 output) or softmax cross-entropy (≥ 2 outputs)."""
+    if logits.shape[-1] == 1:
+        z = logits[..., 0]
+        return optax.sigmoid_binary_cross_entropy(z, y.astype(z.dtype))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def predictions(logits: jax.Array) -> jax.Array:
+    """Predicted class: logit > 0 (1 output) or argmax (first index wins ties)."""
+    if logits.shape[-1] == 1:
+        return (logits[..., 0] > 0).astype(jnp.int32)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def global_density(mask: PyTree, prunable=None) -> jax.Array:
+    """Kept / total over ALL prunable weights of ONE mask (count-weighted, not a mean of layer densities)."""
+    kept, total = masks_lib.count(mask, prunable)
+    return kept.astype(jnp.float32) / jnp.float32(total)
+
+
+def member_density(masks: PyTree, prunable=None) -> jax.Array:
+    """``global_density`` of every member of a population of masks (leading axis P): (P,)."""
+    return jax.vmap(lambda m: global_density(m, prunable))(masks)
+
+
+def density_penalty(density, target_density: float) -> jax.Array:
+    """``((d − τ) / (1 − τ))²``: 0 at τ, 1 for a dense network."""
+    tau = jnp.float32(target_density)
+    return ((jnp.asarray(density, jnp.float32) - tau) / (1.0 - tau)) ** 2
+
+
+# ----------------------------------------------------------------------------------------------
+# masked SGD (inner training and final training)
+
+
+def _epoch_batches(key: jax.Array, n: int, batch_size: int):
+    """Shuffled batches of one epoch: (indices (S, B), weights (S, B)); the last batch is zero-padded."""
+    steps = -(-n // batch_size)
+    pad = steps * batch_size - n
+    perm = jax.random.permutation(key, n).astype(jnp.int32)
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), jnp.int32)]).reshape(steps, batch_size)
+    w = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
+    return idx, w.reshape(steps, batch_size)
+
+
+def _batch_loss(params, module, x, y, w):
+    loss = per_example_loss(networks.apply(module, params, x), y)
+    return jnp.sum(w * loss) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def sgd_train(
+    key: jax.Array,
+    params: PyTree,
+    mask: PyTree,
+    x: jax.Array,
+    y: jax.Array,
+    module: nn.Module,
+    config: TrainConfig,
+) -> tuple[PyTree, jax.Array]:
+    """Masked SGD from ``params ⊙ mask``: (trained params, per-epoch mean training loss).
+
+    Gradients are masked and the mask is re-applied after every update, so pruned weights stay exactly 0.
+    Epoch e shuffles with ``fold_in(key, e)``; every example counts once per epoch. Pure and vmap-safe.
+    """
+    n = x.shape[0]
+    bs = min(int(config.batch_size), n)
+    opt = optax.sgd(config.lr, momentum=config.momentum if config.momentum > 0 else None)
+    params = masks_lib.apply(params, mask)
+    grad_fn = jax.value_and_grad(_batch_loss)
+
+    def step(carry, batch):
+        p, s = carry
+        idx, w = batch
+        loss, g = grad_fn(p, module, x[idx], y[idx], w)
+        updates, s = opt.update(masks_lib.apply(g, mask), s, p)
+        p = masks_lib.apply(optax.apply_updates(p, updates), mask)
+        return (p, s), loss * jnp.sum(w)
+
+    def epoch(carry, e):
+        idx, w = _epoch_batches(jax.random.fold_in(key, e), n, bs)
+        carry, weighted = jax.lax.scan(step, carry, (idx, w))
+        return carry, jnp.sum(weighted) / n
+
+    (params, _), losses = jax.lax.scan(epoch, (params, opt.init(params)), jnp.arange(config.epochs))
+    return params, losses
+
+
+def train_population(
+    key: jax.Array,
+    member_params: PyTree,
+    member_masks: PyTree,
+    x: jax.Array,
+    y: jax.Array,
+    module: nn.Module,
+    config: TrainConfig,
+) -> tuple[PyTree, jax.Array]:
+    """``sgd_train`` of every member (leading axis P) with the same key (same batch order) — ONE program:
+    ``vmap`` over members of the epoch/batch scans. Returns (trained params (P, …), losses (P, epochs))."""
+    return jax.vmap(lambda p, m: sgd_train(key, p, m, x, y, module, config))(member_params, member_masks)
+
+
+def _chunked(x, y, chunk: int):
+    n = x.shape[0]
+    c = min(int(chunk), n)
+    steps = -(-n // c)
+    pad = steps * c - n
+    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(steps, c, *x.shape[1:])
+    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(steps, c)
+    vp = (jnp.arange(steps * c) < n).reshape(steps, c)
+    return xp, yp, vp
+
+
+def population_loss(
+    module: nn.Module, member_params: PyTree, x: jax.Array, y: jax.Array, chunk: int = 2048
+) -> tuple[jax.Array, jax.Array]:
+    """(mean loss (P,), accuracy (P,)) of every member on ``(x, y)``, in chunks of ``chunk`` examples.
+
+    Uses the population forward kernel (``population.make_forward``): the input is shared by all members.
+    """
+    n = x.shape[0]
+    forward = population.make_forward(module, member_params)
+    npop = population.population_size(member_params)
+
+    def body(carry, batch):
+        loss, hits = carry
+        xb, yb, vb = batch
+        out = forward(xb)  # (P, c, out)
+        per = per_example_loss(out, jnp.broadcast_to(yb, out.shape[:2]))
+        hit = (predictions(out) == yb[None]) & vb[None]
+        return (
+            loss + jnp.sum(jnp.where(vb[None], per, 0.0), axis=1),
+            hits + jnp.sum(hit, 1, jnp.int32),
+        ), None
+
+    init = (jnp.zeros((npop,), jnp.float32), jnp.zeros((npop,), jnp.int32))
+    (loss, hits), _ = jax.lax.scan(body, init, _chunked(x, y, chunk))
+    return loss / n, hits / n
+
+
+def evaluate_ticket(
+    module: nn.Module, params: PyTree, x, y, chunk: int = 2048
+) -> tuple[jax.Array, jax.Array]:
+    """(accuracy, mean loss) of ONE network on ``(x, y)``, chunked, exact integer hit counts."""
+    n = x.shape[0]
+
+    def body(carry, batch):
+        hits, loss = carry
+        xb, yb, vb = batch
+        out = networks.apply(module, params, xb)
+        hit = (predictions(out) == yb) & vb
+        return (
+            hits + jnp.sum(hit, dtype=jnp.int32),
+            loss + jnp.sum(jnp.where(vb, per_example_loss(out, yb), 0.0)),
+        ), None
+
+    (hits, loss), _ = jax.lax.scan(
+        body, (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)), _chunked(x, y, chunk)
+    )
+    return hits / n, loss / n
+
+
+@partial(jax.jit, static_argnames=("module", "config"))
+def train_ticket(
+    key: jax.Array,
+    params: PyTree,
+    mask: PyTree,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    x_test: jax.Array,
+    y_test: jax.Array,
+    module: nn.Module,
+    config: TrainConfig,
+) -> tuple[PyTree, dict]:
+    """Final training of a ticket: masked SGD from ``params ⊙ mask`` for ``config.epochs`` epochs, then the
+    test metrics. Returns (trained params, {train_loss (epochs,), test_accuracy, test_loss})."""
+    trained, losses = sgd_train(key, params, mask, x_train, y_train, module, config)
+    acc, loss = evaluate_ticket(module, trained, x_test, y_test, config.eval_chunk)
+    return trained, {"train_loss": losses, "test_accuracy": acc, "test_loss": loss}
+
+
+# ----------------------------------------------------------------------------------------------
+# fitness
+
+
+def evaluate_genomes(
+    key: jax.Array, member_params: PyTree, member_masks: PyTree, task: NeTSTask, config: NeTSConfig
+) -> dict:
+    """Fitness of every genome (leading axis P): {fitness, loss, density, val_accuracy}, each (P,).
+
+    ``loss`` is the fitness term without the density penalty (see the module doc for the variants);
+    non-finite losses become +inf. ``key`` sets the inner training's batch order.
+    """
+    module = task.module
+    density = member_density(member_masks)
+    if config.fitness == "forward":
+        loss, acc = population_loss(
+            module, masks_lib.apply(member_params, member_masks), task.x_val, task.y_val, config.eval_chunk
+        )
+    else:
+        trained, _ = train_population(
+            key, member_params, member_masks, task.x_train, task.y_train, module, config.inner
+        )
+        loss, acc = population_loss(module, trained, task.x_val, task.y_val, config.eval_chunk)
+        if config.fitness == "train_val":
+            loss = loss + population_loss(module, trained, task.x_train, task.y_train, config.eval_chunk)[0]
+    loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
+    fitness = loss + density_penalty(density, config.target_density)
+    return {"fitness": fitness, "loss": loss, "density": density, "val_accuracy": acc}
+
+
+# ----------------------------------------------------------------------------------------------
+# selection
+
+
+def _finite_or_inf(fitness: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isnan(fitness), jnp.inf, fitness)
+
+
+def rank_order(fitness: jax.Array) -> jax.Array:
+    """Indices sorted best first: by (fitness ascending, index ascending); NaN ranks last."""
+    idx = jnp.arange(fitness.shape[0], dtype=jnp.int32)
+    _, order = jax.lax.sort((_finite_or_inf(fitness), idx), num_keys=2)
+    return order
+
+
+def _ranks(fitness: jax.Array) -> jax.Array:
+    order = rank_order(fitness)
+    return jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+
+
+def selection_probs(fitness: jax.Array, method: str) -> jax.Array:
+    """Selection probabilities (P,) for ``"rank"`` or ``"roulette_original"``.
+
+    rank: linear ranking, weight P − rank (the best has weight P, the worst 1).
+    roulette_original: proportional to the fitness itself (the original code's bug: with a minimised
+    fitness this favours WORSE genomes); non-finite or negative fitness weighs 0, all-zero → uniform.
+    """
+    n = fitness.shape[0]
+    if method == "rank":
+        w = (n - _ranks(fitness)).astype(jnp.float32)
+    elif method == "roulette_original":
+        w = jnp.where(jnp.isfinite(fitness) & (fitness > 0), fitness, 0.0).astype(jnp.float32)
+        w = jnp.where(jnp.sum(w) > 0, w, jnp.ones_like(w))
+    else:
+        raise ValueError(f"selection_probs handles 'rank' and 'roulette_original', got {method!r}")
+    return w / jnp.sum(w)
+
+
+def tournament_winners(fitness: jax.Array, candidates: jax.Array) -> jax.Array:
+    """Winner of each row of ``candidates`` (…, k) (population indices): the lowest fitness; ties go to
+    the lower index; NaN loses."""
+    ranks = _ranks(fitness)
+    best = jnp.argmin(ranks[candidates], axis=-1)
+    return jnp.take_along_axis(candidates, best[..., None], axis=-1)[..., 0]
+
+
+def select(key: jax.Array, fitness: jax.Array, n: int, config: NeTSConfig) -> jax.Array:
+    """``n`` parent indices drawn by ``config.selection`` (lower fitness favoured, except the compat
+    roulette)."""
+    npop = fitness.shape[0]
+    if config.selection == "tournament":
+        cand = jax.random.randint(key, (n, config.tournament_size), 0, npop, dtype=jnp.int32)
+        return tournament_winners(fitness, cand)
+    p = selection_probs(fitness, config.selection)
+    return jax.random.choice(key, npop, (n,), replace=True, p=p).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# variation operators (populations: leading axis C on every leaf)
+
+
+def _flags(module: nn.Module) -> list[bool]:
+    tmpl = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
+    return jax.tree_util.tree_leaves(masks_lib.prunable_flags(tmpl))
+
+
+def _draw(key: jax.Array, leaves: list, kind: str = "uniform", dtype=jnp.float32) -> list:
+    """One random draw (uniform [0, 1) or standard normal) for all ``leaves``, split into leaf shapes.
+
+    A single draw instead of one per leaf: every random call is a threefry program of its own, and on a
+    small CPU their compile time dominates the operators.
+    """
+    sizes = [int(np.prod(np.shape(x))) for x in leaves]
+    total = max(sum(sizes), 1)
+    flat = (
+        jax.random.normal(key, (total,), dtype)
+        if kind == "normal"
+        else jax.random.uniform(key, (total,), dtype)
+    )
+    out, offset = [], 0
+    for x, size in zip(leaves, sizes, strict=True):
+        out.append(flat[offset : offset + size].reshape(np.shape(x)))
+        offset += size
+    return out
+
+
+def _bcast(v: jax.Array, leaf: jax.Array) -> jax.Array:
+    return v.reshape(v.shape + (1,) * (leaf.ndim - v.ndim))
+
+
+def crossover(
+    key: jax.Array,
+    params_a: PyTree,
+    masks_a: PyTree,
+    params_b: PyTree,
+    masks_b: PyTree,
+    do_cross: jax.Array,
+    mode: str = "gene",
+) -> tuple[PyTree, PyTree]:
+    """Uniform crossover of parents a and b (leading axis C): where ``do_cross`` (C,) is set, every entry
+    comes from either parent with probability 1/2 (mode "gene": its weight and mask bit from the same
+    parent; "independent": drawn separately); elsewhere the child is a clone of parent a."""
+    _check_choice(mode, CROSSOVER_MODES, "crossover_mode")
+    pa, treedef = jax.tree_util.tree_flatten(params_a)
+    ma = jax.tree_util.tree_leaves(masks_a)
+    pb, mb = jax.tree_util.tree_leaves(params_b), jax.tree_util.tree_leaves(masks_b)
+    k_w, k_m = jax.random.split(key)
+    uw = _draw(k_w, pa)
+    um = uw if mode == "gene" else _draw(k_m, pa)
+    out_p, out_m = [], []
+    for i, leaf in enumerate(pa):
+        cross = _bcast(do_cross, leaf)
+        out_p.append(jnp.where(cross & (uw[i] < 0.5), pb[i], leaf))
+        out_m.append(jnp.where(cross & (um[i] < 0.5), mb[i], ma[i]))
+    return jax.tree_util.tree_unflatten(treedef, out_p), jax.tree_util.tree_unflatten(treedef, out_m)
+
+
+def _flip_masks(key, masks, rate: float, flags, value: bool) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(masks)
+    flags = _default_flags(masks, flags)
+    chosen = [m for m, f in zip(leaves, flags, strict=True) if f]
+    hits = iter(_draw(key, chosen))
+    out = []
+    for m, f in zip(leaves, flags, strict=True):
+        if not f:
+            out.append(m)
+            continue
+        hit = next(hits) < rate
+        out.append(m | hit if value else m & ~hit)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def dormancy(key: jax.Array, masks: PyTree, rate: float, flags: list[bool] | None = None) -> PyTree:
+    """Each prunable mask bit → 0 with probability ``rate`` (only removes; non-prunable leaves untouched).
+    ``flags``: prunable flag per leaf (default: ``masks.default_prunable`` on the unbatched shapes)."""
+    return _flip_masks(key, masks, rate, flags, False)
+
+
+def enable(key: jax.Array, masks: PyTree, rate: float, flags: list[bool] | None = None) -> PyTree:
+    """Each prunable mask bit → 1 with probability ``rate`` (only adds; non-prunable leaves untouched)."""
+    return _flip_masks(key, masks, rate, flags, True)
+
+
+def _default_flags(masks: PyTree, flags) -> list[bool]:
+    if flags is not None:
+        return list(flags)
+    # batched leaves: judge prunability on the per-member shape (drop the leading axis)
+    return [
+        masks_lib.default_prunable(p, np.empty(np.shape(x)[1:], bool))
+        for p, x in jax.tree_util.tree_leaves_with_path(masks)
+    ]
+
+
+def mutate(
+    key: jax.Array, params: PyTree, masks: PyTree, module: nn.Module, config: NeTSConfig
+) -> tuple[PyTree, PyTree]:
+    """Noise, resampling, dormancy and enabling of a population of children (leading axis C), in that
+    order (a resampled entry loses its noise)."""
+    k_sel_n, k_noise, k_res, k_sel_r, k_dorm, k_en = jax.random.split(key, 6)
+    n = population.population_size(params)
+    flags = _flags(module)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if config.noise_rate > 0 and config.noise_scale > 0:
+        sel, eps = _draw(k_sel_n, leaves), _draw(k_noise, leaves, "normal")
+        leaves = [
+            x + jnp.where(u < config.noise_rate, config.noise_scale * e, 0.0).astype(x.dtype)
+            for x, u, e in zip(leaves, sel, eps, strict=True)
+        ]
+    if config.resample_rate > 0:
+        fresh = jax.vmap(lambda k: networks.init_params(k, module))(jax.random.split(k_res, n))
+        fresh = jax.tree_util.tree_leaves(fresh)
+        sel = _draw(k_sel_r, leaves)
+        leaves = [
+            jnp.where(u < config.resample_rate, f, x) for x, f, u in zip(leaves, fresh, sel, strict=True)
+        ]
+    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    if config.dormancy_rate > 0:
+        masks = dormancy(k_dorm, masks, config.dormancy_rate, flags)
+    if config.enable_rate > 0:
+        masks = enable(k_en, masks, config.enable_rate, flags)
+    return params, masks
+
+
+# ----------------------------------------------------------------------------------------------
+# state and the algorithm
+
+
+@struct.dataclass
+class NeTSState:
+    params: PyTree  # (P, …) genome weights (biases included), sorted best first
+    masks: PyTree  # (P, …) bool; bias leaves all ones
+    fitness: jax.Array  # (P,) minimised
+    loss: jax.Array  # (P,) fitness without the density penalty
+    density: jax.Array  # (P,) global density of the prunable weights
+    val_accuracy: jax.Array  # (P,) validation accuracy of the (trained, for train_* fitness) genome
+    generation: jax.Array
+    best_params: PyTree  # best genome ever seen (unbatched)
+    best_mask: PyTree
+    best_fitness: jax.Array
+    best_loss: jax.Array
+    best_density: jax.Array
+    last_change: jax.Array  # generation at which best_fitness last changed
+    n_evals: jax.Array
+
+
+def generation_key(key: jax.Array, generation) -> jax.Array:
+    """The key that ``run`` passes to ``step`` for generation ``generation``."""
+    return jax.random.fold_in(key, generation)
+
+
+def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(init key, generation base key) exactly as ``run`` uses them."""
+    k_init, k_run = jax.random.split(key)
+    return k_init, k_run
+
+
+def _take(tree: PyTree, idx) -> PyTree:
+    return jax.tree_util.tree_map(lambda x: x[idx], tree)
+
+
+def _initial_masks(key, params, module, config: NeTSConfig):
+    flags = _flags(module)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for x, f, k in zip(leaves, flags, keys, strict=True):
+        if f and config.init_density < 1.0:
+            out.append(jax.random.bernoulli(k, config.init_density, x.shape))
+        else:
+            out.append(jnp.ones(x.shape, bool))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def init(key: jax.Array, task: NeTSTask, config: NeTSConfig) -> NeTSState:
+    """Draw ``pop_size`` genomes (independent inits, masks dense unless ``init_density`` < 1), evaluate and
+    sort them."""
+    module = task.module
+    k_params, k_masks, k_eval = jax.random.split(key, 3)
+    params = jax.vmap(lambda k: networks.init_params(k, module))(jax.random.split(k_params, config.pop_size))
+    masks = _initial_masks(k_masks, params, module, config)
+    ev = evaluate_genomes(k_eval, params, masks, task, config)
+    order = rank_order(ev["fitness"])
+    params, masks, ev = _take(params, order), _take(masks, order), {k: v[order] for k, v in ev.items()}
+    return NeTSState(
+        params=params,
+        masks=masks,
+        fitness=ev["fitness"],
+        loss=ev["loss"],
+        density=ev["density"],
+        val_accuracy=ev["val_accuracy"],
+        generation=jnp.int32(0),
+        best_params=_take(params, 0),
+        best_mask=_take(masks, 0),
+        best_fitness=ev["fitness"][0],
+        best_loss=ev["loss"][0],
+        best_density=ev["density"][0],
+        last_change=jnp.int32(0),
+        n_evals=jnp.int32(config.pop_size),
+    )
+
+
+def _record(state: NeTSState) -> dict:
+    finite = jnp.isfinite(state.fitness)
+    return {
+        "generation": state.generation,
+        "best_fitness": state.best_fitness,
+        "best_loss": state.best_loss,
+        "best_density": state.best_density,
+        "pop_best_fitness": state.fitness[0],
+        "pop_best_val_accuracy": state.val_accuracy[0],
+        "mean_fitness": jnp.sum(jnp.where(finite, state.fitness, 0.0)) / jnp.maximum(jnp.sum(finite), 1),
+        "mean_density": jnp.mean(state.density),
+        "min_density": jnp.min(state.density),
+    }
+
+
+def _step(key: jax.Array, state: NeTSState, task: NeTSTask, config: NeTSConfig):
+    module = task.module
+    n_child, n_elite = config.n_children, config.n_elite
+    k_sel, k_do, k_cross, k_mut, k_eval = jax.random.split(key, 5)
+
+    # 1. parents (lower fitness favoured)
+    parents = select(k_sel, state.fitness, 2 * n_child, config)
+    pa, pb = parents[:n_child], parents[n_child:]
+    # 2. crossover (or clone of parent a) and 3. mutation
+    do_cross = jax.random.bernoulli(k_do, config.crossover_rate, (n_child,))
+    child_p, child_m = crossover(
+        k_cross,
+        _take(state.params, pa),
+        _take(state.masks, pa),
+        _take(state.params, pb),
+        _take(state.masks, pb),
+        do_cross,
+        config.crossover_mode,
+    )
+    child_p, child_m = mutate(k_mut, child_p, child_m, module, config)
+    # 4. evaluate the children; the elites keep their genomes and fitness bitwise
+    ev = evaluate_genomes(k_eval, child_p, child_m, task, config)
+    cat = lambda a, b: jnp.concatenate([a[:n_elite], b])  # noqa: E731
+    pool_p = jax.tree_util.tree_map(cat, state.params, child_p)
+    pool_m = jax.tree_util.tree_map(cat, state.masks, child_m)
+    fitness = cat(state.fitness, ev["fitness"])
+    loss = cat(state.loss, ev["loss"])
+    density = cat(state.density, ev["density"])
+    val_acc = cat(state.val_accuracy, ev["val_accuracy"])
+    order = rank_order(fitness)
+    params, masks = _take(pool_p, order), _take(pool_m, order)
+    fitness, loss, density, val_acc = fitness[order], loss[order], density[order], val_acc[order]
+
+    generation = state.generation + 1
+    better = _finite_or_inf(fitness[0]) < _finite_or_inf(state.best_fitness)
+    pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), new, old)  # noqa: E731
+    best_fitness = jnp.where(better, fitness[0], state.best_fitness)
+    state = NeTSState(
+        params=params,
+        masks=masks,
+        fitness=fitness,
+        loss=loss,
+        density=density,
+        val_accuracy=val_acc,
+        generation=generation,
+        best_params=pick(_take(params, 0), state.best_params),
+        best_mask=pick(_take(masks, 0), state.best_mask),
+        best_fitness=best_fitness,
+        best_loss=jnp.where(better, loss[0], state.best_loss),
+        best_density=jnp.where(better, density[0], state.best_density),
+        last_change=jnp.where(better, generation, state.last_change),
+        n_evals=state.n_evals + n_child,
+    )
+    return state, _record(state)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def step(key: jax.Array, state: NeTSState, task: NeTSTask, config: NeTSConfig):
+    """One generation: (state, metrics)."""
+    return _step(key, state, task, config)
+
+
+def should_stop(generation, last_change, config: NeTSConfig) -> jax.Array:
+    """``generations`` reached, or the best fitness unchanged for ``patience`` generations."""
+    stop = generation >= config.generations
+    if config.patience is not None:
+        stop = stop | (generation - last_change >= config.patience)
+    return stop
+
+
+def empty_history(task: NeTSTask, config: NeTSConfig, state: NeTSState) -> dict:
+    """Per-generation history buffers with ``config.generations`` rows (NaN / −1 padding)."""
+    template = jax.eval_shape(lambda s: _record(s), state)
+    return {
+        k: jnp.full((config.generations,), -1 if jnp.issubdtype(v.dtype, jnp.integer) else jnp.nan, v.dtype)
+        for k, v in template.items()
+    }
+
+
+def _advance(k_run, state: NeTSState, hist: dict, task: NeTSTask, config: NeTSConfig, until):
+    def cond(c):
+        st, _ = c
+        return ~should_stop(st.generation, st.last_change, config) & (st.generation < until)
+
+    def body(c):
+        st, h = c
+        g = st.generation
+        st, metrics = _step(generation_key(k_run, g), st, task, config)
+        return st, {k: h[k].at[g].set(metrics[k]) for k in h}
+
+    return jax.lax.while_loop(cond, body, (state, hist))
+
+
+@partial(jax.jit, static_argnames=("config",))
+def advance(k_run, state: NeTSState, hist: dict, task: NeTSTask, config: NeTSConfig, until):
+    """Generations until the termination rule or generation ``until`` (chunks for progress reporting);
+    chunks of ``advance`` with the same ``k_run`` reproduce ``run`` exactly."""
+    return _advance(k_run, state, hist, task, config, until)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def run(key: jax.Array, task: NeTSTask, config: NeTSConfig):
+    """A whole search: (final state, per-generation history with ``config.generations`` rows; rows at
+    and after ``state.generation`` are padding)."""
+    k_init, k_run = split_run_key(key)
+    state = init(k_init, task, config)
+    return _advance(k_run, state, empty_history(task, config, state), task, config, config.generations)
+
+
+def best_ticket(state: NeTSState) -> tuple[PyTree, PyTree]:
+    """(θ_best ⊙ m_best, m_best): the best genome's masked weights and its mask."""
+    return masks_lib.apply(state.best_params, state.best_mask), state.best_mask
