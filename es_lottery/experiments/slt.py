@@ -203,12 +203,13 @@ def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress):
         gens = np.asarray(state.generation)
         stopped = np.asarray(ga_slt.should_stop(state.generation, state.last_change, cfg))
         best = np.asarray(state.acc[:, 0])
-        progress.update(
-            job,
-            completed=int(gens.max()),
-            description=f"{label} {variant}: gen {int(gens.max())}, {int(stopped.sum())}/{exp.seeds} done, "
-            f"best train acc {best.mean():.3f}",
+        line = (
+            f"{label} {variant}: gen {int(gens.max())}, {int(stopped.sum())}/{exp.seeds} done, "
+            f"best train acc {best.mean():.3f}"
         )
+        progress.update(job, completed=int(gens.max()), description=line)
+        if not console.is_terminal and (until % (5 * exp.progress_every) == 0 or stopped.all()):
+            console.print(f"  {line} ({time.time() - t0:.0f} s)")  # logs get lines, terminals a bar
         if stopped.all():
             break
     final = jax.vmap(lambda s: ga_slt.evaluate_final(s, task, cfg))(state)
