@@ -378,41 +378,52 @@ def run_experiment(exp: SLTExperiment, out: str | Path = "runs", console: Consol
     results = rundir.read("results.jsonl")
     summary = summarise(results)
     rundir.write_json("summary.json", {"experiment": exp.resolved(), "jobs": summary})
-    _write_plots(rundir, exp, results, hists)
+    if not hists:  # every job was skipped: rebuild the curves from metrics.jsonl
+        hists = histories_from_metrics(rundir.read("metrics.jsonl"))
+    write_plots(rundir.path / "plots", exp.name, results, hists, by_classes=bool(exp.class_counts))
     console.print(summary_table(summary, title=f"{exp.name} ({exp.dataset})"))
     return rundir.path
 
 
-def _write_plots(rundir: RunDir, exp: SLTExperiment, results: list[dict], hists: dict) -> None:
-    if not hists:  # rebuild curves from metrics.jsonl (e.g. when every job was skipped)
-        rows = rundir.read("metrics.jsonl")
-        for job in sorted({r["job"] for r in rows}):
-            jr = [r for r in rows if r["job"] == job]
-            seeds = sorted({r["seed"] for r in jr})
-            length = max(r["generation"] for r in jr) + 1
-            h = {
-                k: np.full((len(seeds), length), np.nan)
-                for k in ("best_acc", "sparsity_fittest", "best_sparsity", "best_ever_sparsity")
-            }
-            for r in jr:
-                for k in h:
-                    h[k][seeds.index(r["seed"]), r["generation"] - 1] = np.nan if r[k] is None else r[k]
-            hists[job] = h
-    for job, h in hists.items():
-        plots.ga_curves(
-            h, rundir.path / "plots" / f"curves_{job.replace('/', '_')}.png", f"{exp.name}: {job}"
-        )
+def histories_from_metrics(rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-job (seeds × generations) curves from ``metrics.jsonl`` rows (NaN after a seed stopped)."""
+    hists = {}
+    for job in sorted({r["job"] for r in rows}):
+        jr = [r for r in rows if r["job"] == job]
+        seeds = sorted({r["seed"] for r in jr})
+        length = max(r["generation"] for r in jr)
+        h = {
+            k: np.full((len(seeds), length), np.nan)
+            for k in ("best_acc", "sparsity_fittest", "best_sparsity", "best_ever_sparsity")
+        }
+        for r in jr:
+            for k in h:
+                h[k][seeds.index(r["seed"]), r["generation"] - 1] = np.nan if r[k] is None else r[k]
+        hists[job] = h
+    return hists
+
+
+def write_plots(
+    plot_dir: Path, name: str, results: list[dict], hists: dict, by_classes: bool = False
+) -> list[Path]:
+    """Fig. 4 curves per GA job, Fig. 3-style boxes (backprop mean dashed), accuracy vs sparsity, and
+    (``by_classes``) accuracy vs the number of classes."""
+    plot_dir = Path(plot_dir)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    out = [
+        plots.ga_curves(h, plot_dir / f"curves_{job.replace('/', '_')}.png", f"{name}: {job}")
+        for job, h in hists.items()
+    ]
     ref = {}
     for r in results:
         if r["method"] == "backprop":
             ref.setdefault(r["arch"], []).append(r["test_acc"])
     ref = {a: float(np.mean(v)) for a, v in ref.items()}
-    plots.box_by_arch(results, rundir.path / "plots" / "box_test_acc.png", f"{exp.name}: test accuracy", ref)
-    plots.accuracy_vs_sparsity(results, rundir.path / "plots" / "acc_vs_sparsity.png", exp.name)
-    if exp.class_counts:
-        plots.curve_by_classes(
-            results, rundir.path / "plots" / "acc_vs_classes.png", f"{exp.name}: {exp.dataset}"
-        )
+    out.append(plots.box_by_arch(results, plot_dir / "box_test_acc.png", f"{name}: test accuracy", ref))
+    out.append(plots.accuracy_vs_sparsity(results, plot_dir / "acc_vs_sparsity.png", name))
+    if by_classes:
+        out.append(plots.curve_by_classes(results, plot_dir / "acc_vs_classes.png", f"{name}: test accuracy"))
+    return out
 
 
 def summary_table(summary: dict, title: str) -> Table:
