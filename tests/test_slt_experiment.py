@@ -1,0 +1,85 @@
+"""The slt experiment driver: config validation, run directory contents, skipping finished jobs."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from es_lottery.experiments import slt
+
+TINY = {
+    "name": "tiny",
+    "dataset": "moons",
+    "dataset_args": {"n_train": 1500, "n_test": 500},
+    "archs": {"A": [2, 20, 2]},
+    "variants": ["ga"],
+    "seeds": 2,
+    "ga": {"pop_size": 10, "min_generations": 6, "patience": 3},
+    "progress_every": 4,
+}
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"dataset": "moonz"}, "dataset"),
+        ({"variants": ["gaa"]}, "variants"),
+        ({"ga": {"rec_rate": 1.5}}, "ga.rec_rate"),
+        ({"ga": {"pop_size": 1}}, "ga.pop_size"),
+        ({"bogus": 1}, "slt.bogus"),
+        ({"archs": {"A": [2, "k", 2]}}, "class_counts"),
+        ({"edge_popup": [{"kept_fraction": 0}]}, "edge_popup[0].kept_fraction"),
+        ({"class_counts": [2, 3]}, "class_counts"),  # moons has no class-count sweep
+    ],
+)
+def test_bad_configs_name_the_field(patch, field):
+    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        slt.parse_config({**TINY, **patch})
+
+
+def test_run_directory_and_skip_on_rerun(tmp_path):
+    exp = slt.parse_config(TINY)
+    console = Console(file=io.StringIO(), width=150)
+    path = slt.run_experiment(exp, out=tmp_path, console=console)
+    rows = [json.loads(x) for x in (path / "results.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [0, 1]
+    for r in rows:
+        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["sparsity"] <= 1.0
+        assert r["generations"] >= 6
+    summary = json.loads((path / "summary.json").read_text())["jobs"]["A/ga"]
+    assert summary["seeds"] == 2
+    assert summary["test_acc_mean"] == pytest.approx(np.mean([r["test_acc"] for r in rows]))
+    metrics = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == sum(r["generations"] for r in rows)
+    assert {p.name for p in (path / "plots").glob("*.png")} >= {"curves_A_ga.png", "box_test_acc.png"}
+
+    # a second run of the same config finds the finished job and does not run it again
+    console2 = Console(file=io.StringIO(), width=150)
+    again = slt.run_experiment(exp, out=tmp_path, console=console2)
+    assert again == path
+    assert "finished earlier, skipped" in console2.file.getvalue()
+    assert len((path / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_histories_from_metrics_roundtrip():
+    rows = [
+        {
+            "job": "A/ga",
+            "seed": s,
+            "generation": g,
+            "best_acc": 0.5 + 0.01 * g,
+            "sparsity_fittest": 0.1,
+            "best_sparsity": 0.2,
+            "best_ever_sparsity": 0.3,
+        }
+        for s, n in ((0, 3), (1, 5))
+        for g in range(1, n + 1)
+    ]
+    h = slt.histories_from_metrics(rows)["A/ga"]
+    assert h["best_acc"].shape == (2, 5)
+    np.testing.assert_allclose(h["best_acc"][1], [0.51, 0.52, 0.53, 0.54, 0.55])
+    assert np.isnan(h["best_acc"][0, 3:]).all() and np.isfinite(h["best_acc"][0, :3]).all()
