@@ -203,6 +203,12 @@ def _jsonable(x):
     return x
 
 
+def _relative_paths(text: str) -> str:
+    """Machine paths become repository-relative (``<repo>/x`` → ``x``, its parent → ``../``)."""
+    repo = Path(__file__).resolve().parent.parent
+    return text.replace(f"{repo}/", "").replace(f"{repo.parent}/", "../")
+
+
 def write_results(
     name: str, payload: dict, markdown: str, out_dir: Path | str | None = None
 ) -> tuple[Path, Path]:
@@ -210,6 +216,6 @@ def write_results(
     out = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out / f"{name}.json", out / f"{name}.md"
-    jpath.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
-    mpath.write_text(markdown.rstrip() + "\n")
+    jpath.write_text(_relative_paths(json.dumps(_jsonable(payload), indent=2)) + "\n")
+    mpath.write_text(_relative_paths(markdown.rstrip()) + "\n")
     return jpath, mpath
