@@ -24,7 +24,7 @@ level is bitwise identical to an uninterrupted one. ``checkpoint_every`` must be
 ``eval_every`` so that the evaluation points (and hence the best mean) do not depend on it either.
 
 :class:`OrbaxCheckpointer` stores the state with ``orbax.checkpoint`` (one directory per checkpoint,
-``gen_XXXXXXXX``, written atomically; older ones are removed after a successful save). The experiment
+``gen_<8-digit generation>``, written atomically; older ones are removed after a successful save). The experiment
 driver (``experiments/imp.py``) gives every level its own checkpoint directory via
 :meth:`ESTrainer.checkpointing`.
 """
@@ -138,7 +138,7 @@ def _host(tree: PyTree) -> PyTree:
 
 
 class OrbaxCheckpointer:
-    """``SegmentCheckpointer`` writing ``<directory>/gen_XXXXXXXX`` with ``orbax.checkpoint``.
+    """``SegmentCheckpointer`` writing ``<directory>/gen_<8-digit generation>`` with ``orbax.checkpoint``.
 
     The payload holds the leaves of the ``ESRunState`` (its static search space and algorithm name come
     from the template at restore time and are checked against the leaf shapes), the history so far and

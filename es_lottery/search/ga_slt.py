@@ -55,6 +55,7 @@ from flax import struct
 from es_lottery import masks as masks_lib
 from es_lottery import networks, population
 from es_lottery.networks import MLP
+from es_lottery.search._generations import advance_generations, generation_key, history_buffers
 
 VARIANTS = ("ga", "adaptive_ab", "static_ab")
 FITNESS = ("accuracy", "cross_entropy")
@@ -291,11 +292,6 @@ def _bound_start(config: GAConfig, module: MLP) -> float:
     if config.bound_start is not None:
         return config.bound_start
     return 0.7 if sum(module.sizes[1:-1]) < 40 else 0.85
-
-
-def generation_key(key: jax.Array, generation) -> jax.Array:
-    """The key that ``run`` passes to ``step`` for generation ``generation``."""
-    return jax.random.fold_in(key, generation)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,25 +581,20 @@ def step(key: jax.Array, state: GAState, task: SLTTask, config: GAConfig):
 
 def empty_history(task: SLTTask, config: GAConfig, state: GAState) -> dict:
     """Per-generation history buffers with ``config.cap`` rows (NaN / −1 padding)."""
-    template = jax.eval_shape(lambda s: _step(jax.random.key(0), s, task, config)[1], state)
-    return {
-        k: jnp.full((config.cap,), -1 if jnp.issubdtype(v.dtype, jnp.integer) else jnp.nan, v.dtype)
-        for k, v in template.items()
-    }
+    return history_buffers(
+        jax.eval_shape(lambda s: _step(jax.random.key(0), s, task, config)[1], state), config.cap
+    )
 
 
 def _advance(k_run, state: GAState, hist: dict, task: SLTTask, config: GAConfig, until):
-    def cond(c):
-        st, _ = c
-        return ~should_stop(st.generation, st.last_change, config) & (st.generation < until)
-
-    def body(c):
-        st, h = c
-        g = st.generation
-        st, metrics = _step(generation_key(k_run, g), st, task, config)
-        return st, {k: h[k].at[g].set(metrics[k]) for k in h}
-
-    return jax.lax.while_loop(cond, body, (state, hist))
+    return advance_generations(
+        lambda k, s: _step(k, s, task, config),
+        lambda s: should_stop(s.generation, s.last_change, config),
+        k_run,
+        state,
+        hist,
+        until,
+    )
 
 
 @partial(jax.jit, static_argnames=("config",))

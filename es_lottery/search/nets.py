@@ -71,6 +71,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks, population
+from es_lottery.search._generations import advance_generations, generation_key, history_buffers
 
 PyTree = Any
 
@@ -746,11 +747,6 @@ class NeTSState:
     n_evals: jax.Array
 
 
-def generation_key(key: jax.Array, generation) -> jax.Array:
-    """The key that ``run`` passes to ``step`` for generation ``generation``."""
-    return jax.random.fold_in(key, generation)
-
-
 def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(init key, generation base key) exactly as ``run`` uses them."""
     k_init, k_run = jax.random.split(key)
@@ -890,25 +886,18 @@ def should_stop(generation, last_change, config: NeTSConfig) -> jax.Array:
 
 def empty_history(task: NeTSTask, config: NeTSConfig, state: NeTSState) -> dict:
     """Per-generation history buffers with ``config.generations`` rows (NaN / −1 padding)."""
-    template = jax.eval_shape(lambda s: _record(s), state)
-    return {
-        k: jnp.full((config.generations,), -1 if jnp.issubdtype(v.dtype, jnp.integer) else jnp.nan, v.dtype)
-        for k, v in template.items()
-    }
+    return history_buffers(jax.eval_shape(lambda s: _record(s), state), config.generations)
 
 
 def _advance(k_run, state: NeTSState, hist: dict, task: NeTSTask, config: NeTSConfig, until):
-    def cond(c):
-        st, _ = c
-        return ~should_stop(st.generation, st.last_change, config) & (st.generation < until)
-
-    def body(c):
-        st, h = c
-        g = st.generation
-        st, metrics = _step(generation_key(k_run, g), st, task, config)
-        return st, {k: h[k].at[g].set(metrics[k]) for k in h}
-
-    return jax.lax.while_loop(cond, body, (state, hist))
+    return advance_generations(
+        lambda k, s: _step(k, s, task, config),
+        lambda s: should_stop(s.generation, s.last_change, config),
+        k_run,
+        state,
+        hist,
+        until,
+    )
 
 
 @partial(jax.jit, static_argnames=("config",))

@@ -1,0 +1,42 @@
+"""The generation loop shared by the GAs (strong-ticket GA, NeTS): chunks of a ``lax.while_loop``.
+
+A run is ``state = init(...)`` and then ``advance`` until the algorithm's stop rule; generation ``g`` always
+gets the key ``fold_in(k_run, g)``, so any chunking of ``advance`` calls reproduces one whole ``run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def generation_key(key: jax.Array, generation) -> jax.Array:
+    """The key that ``run`` passes to ``step`` for generation ``generation``."""
+    return jax.random.fold_in(key, generation)
+
+
+def history_buffers(template: dict, rows: int) -> dict:
+    """One ``(rows,)`` buffer per metric of ``template`` (shape/dtype structs), padded with NaN / −1."""
+    return {
+        k: jnp.full((rows,), -1 if jnp.issubdtype(v.dtype, jnp.integer) else jnp.nan, v.dtype)
+        for k, v in template.items()
+    }
+
+
+def advance_generations(step: Callable, stop: Callable, k_run: jax.Array, state, hist: dict, until):
+    """Run ``state, metrics = step(generation_key(k_run, g), state)`` while ``not stop(state)`` and
+    ``state.generation < until``, writing each generation's metrics into row ``g`` of ``hist``."""
+
+    def cond(c):
+        st, _ = c
+        return ~stop(st) & (st.generation < until)
+
+    def body(c):
+        st, h = c
+        g = st.generation
+        st, metrics = step(generation_key(k_run, g), st)
+        return st, {k: h[k].at[g].set(metrics[k]) for k in h}
+
+    return jax.lax.while_loop(cond, body, (state, hist))
