@@ -24,8 +24,8 @@ level is bitwise identical to an uninterrupted one. ``checkpoint_every`` must be
 ``eval_every`` so that the evaluation points (and hence the best mean) do not depend on it either.
 
 :class:`OrbaxCheckpointer` stores the state with ``orbax.checkpoint`` (one directory per checkpoint,
-``gen_<8-digit generation>``, written atomically; older ones are removed after a successful save). The experiment
-driver (``experiments/imp.py``) gives every level its own checkpoint directory via
+``gen_<8-digit generation>``, written atomically; older ones are removed after a successful save). The
+experiment driver (``experiments/imp.py``) gives every level its own checkpoint directory via
 :meth:`ESTrainer.checkpointing`.
 """
 
