@@ -12,6 +12,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def _save(fig, path) -> Path:
+    """Lay out, write the PNG, close the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _finite(values) -> np.ndarray:
     arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     return arr[np.isfinite(arr)]
@@ -70,11 +79,7 @@ def ga_curves(histories: dict[str, np.ndarray], path: str | Path, title: str) ->
     ax_sp.legend(fontsize=8)
     n = histories["best_acc"].shape[0]
     fig.suptitle(f"{title} — mean over {n} seeds, band 10–90 %")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def box_by_arch(
@@ -121,11 +126,7 @@ def box_by_arch(
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def accuracy_vs_sparsity(results: list[dict], path: str | Path, title: str) -> Path:
@@ -142,11 +143,7 @@ def accuracy_vs_sparsity(results: list[dict], path: str | Path, title: str) -> P
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def curve_by_classes(rows: list[dict], path: str | Path, title: str) -> Path:
@@ -165,11 +162,7 @@ def curve_by_classes(rows: list[dict], path: str | Path, title: str) -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
