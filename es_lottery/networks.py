@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from es_lottery import masks as masks_lib
+from es_lottery._checks import check_choice
 
 INITS = ("uniform", "kaiming_normal", "signed_kaiming_constant", "lecun_normal")
 HIDDEN_ACTIVATIONS = ("relu", "tanh")
@@ -44,14 +45,9 @@ def _fan_in(shape: Sequence[int]) -> int:
     return int(np.prod(shape[:-1]))
 
 
-def _check_choice(value, allowed, field):
-    if value not in allowed:
-        raise ValueError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
-
-
 def initializers(init: str = "uniform", kept_fraction: float = 1.0) -> tuple[Callable, Callable]:
     """(kernel_init, bias_init) for one of ``INITS``."""
-    _check_choice(init, INITS, "weight_init")
+    check_choice(init, INITS, "weight_init")
     kf = masks_lib.check_density(kept_fraction, field="kept_fraction")
 
     def uniform(key, shape, dtype=jnp.float32):
@@ -88,8 +84,8 @@ class MLP(nn.Module):
     def validate(self) -> MLP:
         if len(self.sizes) < 2 or any((not isinstance(s, (int, np.integer))) or s < 1 for s in self.sizes):
             raise ValueError(f"sizes must be ≥ 2 positive ints (input, hidden…, output), got {self.sizes!r}")
-        _check_choice(self.hidden_activation, HIDDEN_ACTIVATIONS, "hidden_activation")
-        _check_choice(self.output_activation, OUTPUT_ACTIVATIONS, "output_activation")
+        check_choice(self.hidden_activation, HIDDEN_ACTIVATIONS, "hidden_activation")
+        check_choice(self.output_activation, OUTPUT_ACTIVATIONS, "output_activation")
         initializers(self.weight_init, self.kept_fraction)
         return self
 
@@ -159,7 +155,7 @@ def check_input(x, input_shape: tuple[int, ...], flatten: bool = False):
 
 def make_network(name: str, **kwargs) -> nn.Module:
     """Build a network by name: ``mlp`` (needs ``sizes``), ``paper_cnn``, ``lenet_300_100``."""
-    _check_choice(name, NETWORKS, "network")
+    check_choice(name, NETWORKS, "network")
     if name == "mlp":
         if "sizes" not in kwargs:
             raise ValueError("network 'mlp' needs the field 'sizes', e.g. sizes=[2, 20, 2]")

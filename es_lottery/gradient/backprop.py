@@ -49,7 +49,8 @@ import optax
 from flax import struct
 
 from es_lottery import networks
-from es_lottery.gradient.edge_popup import _check_bool, _check_float, _check_int, epoch_batches
+from es_lottery._checks import check_bool, check_int, check_number
+from es_lottery.gradient.edge_popup import epoch_batches
 from es_lottery.networks import MLP
 
 PyTree = Any
@@ -119,20 +120,20 @@ class BackpropConfig:
             )
         if self.weight_init not in WEIGHT_INITS:
             raise ValueError(f"unknown weight_init {self.weight_init!r}; allowed: {', '.join(WEIGHT_INITS)}")
-        _check_float(self.lr, "lr", 0.0)
-        _check_int(self.batch_size, "batch_size", 1)
-        _check_float(self.alpha, "alpha", 0.0)
-        _check_float(self.momentum, "momentum", 0.0, 1.0)
-        _check_bool(self.nesterov, "nesterov")
-        _check_float(self.epsilon, "epsilon", 0.0)
+        check_number(self.lr, "lr", 0.0)
+        check_int(self.batch_size, "batch_size", 1)
+        check_number(self.alpha, "alpha", 0.0)
+        check_number(self.momentum, "momentum", 0.0, 1.0)
+        check_bool(self.nesterov, "nesterov")
+        check_number(self.epsilon, "epsilon", 0.0)
         if float(self.epsilon) <= 0.0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
-        _check_float(self.beta_1, "beta_1", 0.0, 1.0, hi_open=True)
-        _check_float(self.beta_2, "beta_2", 0.0, 1.0, hi_open=True)
-        _check_int(self.max_epochs, "max_epochs", 1)
-        _check_float(self.tol, "tol", 0.0)
-        _check_int(self.n_iter_no_change, "n_iter_no_change", 1)
-        _check_bool(self.shuffle, "shuffle")
+        check_number(self.beta_1, "beta_1", 0.0, 1.0, hi_open=True)
+        check_number(self.beta_2, "beta_2", 0.0, 1.0, hi_open=True)
+        check_int(self.max_epochs, "max_epochs", 1)
+        check_number(self.tol, "tol", 0.0)
+        check_int(self.n_iter_no_change, "n_iter_no_change", 1)
+        check_bool(self.shuffle, "shuffle")
 
     @property
     def adaptive(self) -> bool:

@@ -50,6 +50,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks
+from es_lottery._checks import check_bool, check_int, check_number
 from es_lottery.networks import MLP
 
 PyTree = Any
@@ -77,27 +78,6 @@ __all__ = [
 # configuration
 
 
-def _check_int(value, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(value, field: str, lo: float, hi: float | None = None, hi_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    v = float(value) if ok else math.nan
-    if not ok or not math.isfinite(v) or v < lo or (hi is not None and (v >= hi if hi_open else v > hi)):
-        upper = "" if hi is None else (f" and < {hi}" if hi_open else f" and ≤ {hi}")
-        raise ValueError(f"{field} must be a finite number ≥ {lo}{upper}, got {value!r}")
-    return v
-
-
-def _check_bool(value, field: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{field} must be a bool, got {value!r}")
-    return bool(value)
-
-
 @dataclass(frozen=True)
 class EdgePopupConfig:
     """Static edge-popup settings (hashable; a static argument of the jitted run).
@@ -121,17 +101,17 @@ class EdgePopupConfig:
 
     def __post_init__(self):
         masks_lib.check_density(self.kept_fraction, field="kept_fraction")
-        _check_int(self.epochs, "epochs", 1)
-        _check_int(self.batch_size, "batch_size", 1)
-        _check_float(self.lr, "lr", 0.0)
-        _check_float(self.momentum, "momentum", 0.0, 1.0, hi_open=True)
-        _check_float(self.weight_decay, "weight_decay", 0.0)
+        check_int(self.epochs, "epochs", 1)
+        check_int(self.batch_size, "batch_size", 1)
+        check_number(self.lr, "lr", 0.0)
+        check_number(self.momentum, "momentum", 0.0, 1.0, hi_open=True)
+        check_number(self.weight_decay, "weight_decay", 0.0)
         if self.weight_init not in networks.INITS:
             raise ValueError(
                 f"unknown weight_init {self.weight_init!r}; allowed: {', '.join(networks.INITS)}"
             )
-        _check_bool(self.scale_init, "scale_init")
-        _check_bool(self.abs_scores, "abs_scores")
+        check_bool(self.scale_init, "scale_init")
+        check_bool(self.abs_scores, "abs_scores")
 
     @property
     def init_kept_fraction(self) -> float:

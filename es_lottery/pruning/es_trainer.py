@@ -47,6 +47,7 @@ import numpy as np
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks
+from es_lottery._checks import check_int
 from es_lottery.pruning.loop import TrainResult
 from es_lottery.search import es
 
@@ -59,15 +60,6 @@ __all__ = [
     "OrbaxCheckpointer",
     "SegmentCheckpointer",
 ]
-
-
-def _check_int(value, field: str, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{field} must be an integer ≥ {minimum}{extra}, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -95,10 +87,10 @@ class ESTrainerConfig:
     def __post_init__(self):
         if not isinstance(self.es, es.ESConfig):
             raise TypeError(f"es must be an ESConfig, got {type(self.es).__name__}")
-        _check_int(self.num_generations, "num_generations", 1)
-        _check_int(self.eval_every, "eval_every", 1)
-        _check_int(self.batch_size, "batch_size", 1, allow_none=True)
-        _check_int(self.checkpoint_every, "checkpoint_every", 1, allow_none=True)
+        check_int(self.num_generations, "num_generations", 1)
+        check_int(self.eval_every, "eval_every", 1)
+        check_int(self.batch_size, "batch_size", 1, allow_none=True)
+        check_int(self.checkpoint_every, "checkpoint_every", 1, allow_none=True)
         if self.checkpoint_every is not None and self.checkpoint_every % self.eval_every:
             raise ValueError(
                 f"checkpoint_every must be a multiple of eval_every ({self.eval_every}), got "
@@ -107,7 +99,7 @@ class ESTrainerConfig:
         if not isinstance(self.use_best_mean, (bool, np.bool_)):
             raise ValueError(f"use_best_mean must be a bool, got {self.use_best_mean!r}")
         if self.chunk_size is not None and self.chunk_size != "auto":
-            _check_int(self.chunk_size, "chunk_size", 1)
+            check_int(self.chunk_size, "chunk_size", 1)
 
     @property
     def segment(self) -> int:

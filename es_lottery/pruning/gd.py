@@ -35,18 +35,13 @@ import optax
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks
+from es_lottery._checks import check_int
 from es_lottery.gradient.edge_popup import epoch_batches
 from es_lottery.pruning.loop import TrainResult
 
 PyTree = Any
 
 __all__ = ["GDConfig", "GDTrainer", "accuracy_and_loss", "train_masked"]
-
-
-def _check_int(value, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -59,14 +54,14 @@ class GDConfig:
     eval_chunk: int = 1024  # test examples per forward pass during evaluation
 
     def __post_init__(self):
-        _check_int(self.epochs, "epochs", 1)
+        check_int(self.epochs, "epochs", 1)
         ok = not isinstance(self.learning_rate, bool) and isinstance(
             self.learning_rate, (int, float, np.integer, np.floating)
         )
         if not ok or not math.isfinite(float(self.learning_rate)) or float(self.learning_rate) <= 0:
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate!r}")
-        _check_int(self.batch_size, "batch_size", 1)
-        _check_int(self.eval_chunk, "eval_chunk", 1)
+        check_int(self.batch_size, "batch_size", 1)
+        check_int(self.eval_chunk, "eval_chunk", 1)
 
     def replace(self, **kw) -> GDConfig:
         return dataclasses.replace(self, **kw)

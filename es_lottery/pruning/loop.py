@@ -46,6 +46,7 @@ import numpy as np
 from flax import struct
 
 from es_lottery import masks as masks_lib
+from es_lottery._checks import check_bool
 from es_lottery.pruning import criteria as criteria_lib
 from es_lottery.pruning.schedule import PruningSchedule
 
@@ -97,12 +98,6 @@ def trainer_name(trainer: Any) -> str:
     return str(getattr(trainer, "name", type(trainer).__name__))
 
 
-def _check_bool(value, field: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{field} must be a bool, got {value!r}")
-    return bool(value)
-
-
 @dataclass(frozen=True)
 class IMPConfig:
     """Static settings of one iterative-pruning run (hashable). Defaults are the paper's."""
@@ -116,7 +111,7 @@ class IMPConfig:
     def __post_init__(self):
         PruningSchedule(self.prune_rate, self.num_levels, self.scope)  # validates the three fields
         criteria_lib.get_criterion(self.criterion)
-        _check_bool(self.check_pruned_zero, "check_pruned_zero")
+        check_bool(self.check_pruned_zero, "check_pruned_zero")
 
     @property
     def schedule(self) -> PruningSchedule:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from es_lottery import masks as masks_lib
+from es_lottery._checks import check_int
 
 PyTree = Any
 
@@ -42,12 +43,6 @@ def check_prune_rate(prune_rate: Any) -> float:
     return p
 
 
-def _check_int(value: Any, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
 def check_scope(scope: Any) -> str:
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
@@ -57,7 +52,7 @@ def check_scope(scope: Any) -> str:
 def level_density(level: int, prune_rate: float) -> float:
     """``(1 − prune_rate) ** level`` (level 0 → 1.0)."""
     p = check_prune_rate(prune_rate)
-    k = _check_int(level, "level", 0)
+    k = check_int(level, "level", 0)
     return (1.0 - p) ** k
 
 
@@ -71,12 +66,12 @@ class PruningSchedule:
 
     def __post_init__(self):
         check_prune_rate(self.prune_rate)
-        _check_int(self.num_levels, "num_levels", 1)
+        check_int(self.num_levels, "num_levels", 1)
         check_scope(self.scope)
 
     def density(self, level: int) -> float:
         """Target density of ``level`` (fraction of prunable weights kept)."""
-        k = _check_int(level, "level", 0)
+        k = check_int(level, "level", 0)
         if k >= self.num_levels:
             raise ValueError(
                 f"level must be in 0..{self.num_levels - 1} (num_levels={self.num_levels}), got {k}"

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -78,6 +77,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import population
+from es_lottery._checks import check_choice, check_int, check_number, check_positive
 
 PyTree = Any
 
@@ -138,21 +138,6 @@ __all__ = [
 # configuration
 
 
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-
-
-def _check_positive(value, field: str) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0.0:
-        raise ValueError(f"{field} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _check_choice(value, allowed, field: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
-
-
 @dataclass(frozen=True)
 class ESConfig:
     """Static ES settings (hashable; passed as a static argument).
@@ -183,16 +168,14 @@ class ESConfig:
     search_space: str = "compressed"
 
     def __post_init__(self):
-        _check_choice(self.algorithm, ALGORITHMS, "algorithm")
-        p = self.population_size
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 2:
-            raise ValueError(f"population_size must be an integer ≥ 2, got {p!r}")
+        check_choice(self.algorithm, ALGORITHMS, "algorithm")
+        p = check_int(self.population_size, "population_size", 2)
         if self.algorithm in EVEN_POPULATION and p % 2:
             raise ValueError(
                 f"population_size must be even for {self.algorithm} (antithetic sampling), got {p}"
             )
-        _check_positive(self.sigma_init, "sigma_init")
-        _check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        check_positive(self.sigma_init, "sigma_init")
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
         if self.optimizer != "default" and self.algorithm not in TAKES_OPTIMIZER:
             raise ValueError(
                 f"optimizer must be 'default' for {self.algorithm} (it takes no optax optimizer); "
@@ -207,22 +190,18 @@ class ESConfig:
         else:
             if self.lr is None:
                 raise ValueError(f"lr is required with optimizer={self.optimizer!r}")
-            _check_positive(self.lr, "lr")
-        if not _is_number(self.lr_decay) or not (0.0 < float(self.lr_decay) <= 1.0):
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
-        if not _is_number(self.lr_limit) or not (0.0 <= float(self.lr_limit) < math.inf):
-            raise ValueError(f"lr_limit must be a finite number ≥ 0, got {self.lr_limit!r}")
-        _check_choice(self.fitness_shaping, FITNESS_SHAPINGS, "fitness_shaping")
+            check_positive(self.lr, "lr")
+        check_number(self.lr_decay, "lr_decay", 0.0, 1.0, lo_open=True)
+        check_number(self.lr_limit, "lr_limit", 0.0)
+        check_choice(self.fitness_shaping, FITNESS_SHAPINGS, "fitness_shaping")
         if self.fitness_shaping != "default" and self.algorithm in RANK_WEIGHTED:
             raise ValueError(
                 f"fitness_shaping must be 'default' for {self.algorithm}: its default shaping produces the "
                 "rank-based recombination weights of the update; other shapings are for "
                 f"{', '.join(a for a in ALGORITHMS if a not in RANK_WEIGHTED)}"
             )
-        d = self.mean_decay
-        if not _is_number(d) or not (0.0 <= float(d) < 1.0):
-            raise ValueError(f"mean_decay must be a number in [0, 1), got {d!r}")
-        _check_choice(self.search_space, SEARCH_SPACES, "search_space")
+        check_number(self.mean_decay, "mean_decay", 0.0, 1.0, hi_open=True)
+        check_choice(self.search_space, SEARCH_SPACES, "search_space")
 
     def replace(self, **kw) -> ESConfig:
         return dataclasses.replace(self, **kw)
@@ -297,7 +276,7 @@ def per_weight_std(config_or_name: ESConfig | str, es_state, sep_cma_compat: boo
     identically.) Use it only to reproduce the original SNR rankings.
     """
     name = config_or_name.algorithm if isinstance(config_or_name, ESConfig) else config_or_name
-    _check_choice(name, ALGORITHMS, "algorithm")
+    check_choice(name, ALGORITHMS, "algorithm")
     mean = es_state.mean
     if name in ("PGPE", "SNES", "DES"):
         return jnp.broadcast_to(es_state.std, mean.shape)
@@ -384,7 +363,7 @@ class SearchSpace:
 
 def make_space(kind: str, mask: PyTree, params: PyTree | None = None) -> SearchSpace:
     """Build the ``kind`` search space for a concrete ``mask`` (congruent to ``params`` if given)."""
-    _check_choice(kind, SEARCH_SPACES, "search_space")
+    check_choice(kind, SEARCH_SPACES, "search_space")
     if params is not None:
         masks_lib.check_congruent(params, mask)
     if kind == "compressed":
@@ -732,12 +711,6 @@ def generation_key(key: jax.Array, generation) -> jax.Array:
     return jax.random.fold_in(key, generation)
 
 
-def _check_int(value, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
 def _chunk(key, state: ESRunState, task: ESTask, config: ESConfig, length: int):
     """``length`` generations, then evaluate the mean and keep the best. Returns (state, row, train)."""
 
@@ -797,8 +770,8 @@ def run(
     generation: fitness statistics, ``n_nonfinite``, ``mean_norm``, ``std_mean``).
     """
     config = _check_config(config, state)
-    num_generations = _check_int(num_generations, "num_generations", 1)
-    eval_every = _check_int(eval_every, "eval_every", 1)
+    num_generations = check_int(num_generations, "num_generations", 1)
+    eval_every = check_int(eval_every, "eval_every", 1)
     return _run(key, state, task, config, num_generations, min(eval_every, num_generations))
 
 

@@ -54,6 +54,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks, population
+from es_lottery._checks import check_int, check_rate
 from es_lottery.networks import MLP
 from es_lottery.search._generations import advance_generations, generation_key, history_buffers
 
@@ -88,18 +89,6 @@ __all__ = [
 # configuration and task
 
 
-def _check_rate(value, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{field} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_int(value, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class GAConfig:
     """Static GA settings (hashable; passed as a static argument). Defaults are the paper's."""
@@ -124,9 +113,9 @@ class GAConfig:
     chunk_size: int | str | None = "auto"
 
     def __post_init__(self):
-        _check_int(self.pop_size, "pop_size", 2)
+        check_int(self.pop_size, "pop_size", 2)
         for f in ("rec_rate", "par_rate", "mut_rate", "mig_rate"):
-            _check_rate(getattr(self, f), f)
+            check_rate(getattr(self, f), f)
         if int(self.par_rate * self.pop_size) < 1:
             raise ValueError(
                 f"par_rate · pop_size must be ≥ 1 (mates come from the top), got {self.par_rate}"
@@ -135,18 +124,18 @@ class GAConfig:
             raise ValueError(f"unknown variant {self.variant!r}; allowed: {', '.join(VARIANTS)}")
         if self.fitness not in FITNESS:
             raise ValueError(f"unknown fitness {self.fitness!r}; allowed: {', '.join(FITNESS)}")
-        _check_int(self.min_generations, "min_generations", 0)
-        _check_int(self.patience, "patience", 1)
+        check_int(self.min_generations, "min_generations", 0)
+        check_int(self.patience, "patience", 1)
         if self.max_generations is not None:
-            _check_int(self.max_generations, "max_generations", 1)
+            check_int(self.max_generations, "max_generations", 1)
         for f in ("bound_floor", "static_bound"):
-            _check_rate(getattr(self, f), f)
+            check_rate(getattr(self, f), f)
         if self.bound_start is not None:
-            _check_rate(self.bound_start, "bound_start")
-        _check_int(self.bound_patience, "bound_patience", 1)
-        _check_int(self.repair_tries, "repair_tries", 0)
+            check_rate(self.bound_start, "bound_start")
+        check_int(self.bound_patience, "bound_patience", 1)
+        check_int(self.repair_tries, "repair_tries", 0)
         if self.eval_block is not None:
-            _check_int(self.eval_block, "eval_block", 1)
+            check_int(self.eval_block, "eval_block", 1)
 
     @property
     def n_migrants(self) -> int:

@@ -57,7 +57,6 @@ reports test accuracy — the evaluation protocol of the paper (see ``es_lottery
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -71,6 +70,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks, population
+from es_lottery._checks import check_choice, check_int, check_number, check_positive, check_rate
 from es_lottery.search._generations import advance_generations, generation_key, history_buffers
 
 PyTree = Any
@@ -124,40 +124,6 @@ __all__ = [
 # configuration
 
 
-def _check_number(value, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{field} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{field} must be finite, got {value!r}")
-    return v
-
-
-def _check_rate(value, field: str) -> float:
-    v = _check_number(value, field)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{field} must be in [0, 1], got {value!r}")
-    return v
-
-
-def _check_int(value, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{field} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(value, field: str) -> float:
-    v = _check_number(value, field)
-    if v <= 0:
-        raise ValueError(f"{field} must be > 0, got {value!r}")
-    return v
-
-
-def _check_choice(value, allowed, field: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {field} {value!r}; allowed: {', '.join(allowed)}")
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Masked SGD settings (hashable; a static argument). Used for the inner training of the fitness and
@@ -170,13 +136,13 @@ class TrainConfig:
     eval_chunk: int = 2048  # examples per forward pass when evaluating
 
     def __post_init__(self):
-        _check_int(self.epochs, "epochs", 1)
-        _check_positive(self.lr, "lr")
-        _check_int(self.batch_size, "batch_size", 1)
-        m = _check_number(self.momentum, "momentum")
+        check_int(self.epochs, "epochs", 1)
+        check_positive(self.lr, "lr")
+        check_int(self.batch_size, "batch_size", 1)
+        m = check_number(self.momentum, "momentum")
         if not 0.0 <= m < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        _check_int(self.eval_chunk, "eval_chunk", 1)
+        check_int(self.eval_chunk, "eval_chunk", 1)
 
     def replace(self, **kw) -> TrainConfig:
         return dataclasses.replace(self, **kw)
@@ -209,35 +175,35 @@ class NeTSConfig:
     eval_chunk: int = 2048
 
     def __post_init__(self):
-        _check_int(self.pop_size, "pop_size", 2)
-        _check_int(self.n_elite, "n_elite", 0)
+        check_int(self.pop_size, "pop_size", 2)
+        check_int(self.n_elite, "n_elite", 0)
         if self.pop_size < self.n_elite + 1:
             raise ValueError(
                 f"pop_size must be ≥ n_elite + 1 = {self.n_elite + 1} (at least one child per generation), "
                 f"got {self.pop_size}"
             )
-        _check_int(self.generations, "generations", 1)
+        check_int(self.generations, "generations", 1)
         if self.patience is not None:
-            _check_int(self.patience, "patience", 1)
-        tau = _check_number(self.target_density, "target_density")
+            check_int(self.patience, "patience", 1)
+        tau = check_number(self.target_density, "target_density")
         if not 0.0 < tau < 1.0:
             raise ValueError(f"target_density (τ) must be in (0, 1), got {self.target_density!r}")
-        _check_choice(self.fitness, FITNESS, "fitness")
-        _check_choice(self.selection, SELECTIONS, "selection")
-        _check_int(self.tournament_size, "tournament_size", 1)
-        _check_choice(self.crossover_mode, CROSSOVER_MODES, "crossover_mode")
+        check_choice(self.fitness, FITNESS, "fitness")
+        check_choice(self.selection, SELECTIONS, "selection")
+        check_int(self.tournament_size, "tournament_size", 1)
+        check_choice(self.crossover_mode, CROSSOVER_MODES, "crossover_mode")
         for f in ("crossover_rate", "noise_rate", "resample_rate", "dormancy_rate", "enable_rate"):
-            _check_rate(getattr(self, f), f)
-        if _check_number(self.noise_scale, "noise_scale") < 0:
+            check_rate(getattr(self, f), f)
+        if check_number(self.noise_scale, "noise_scale") < 0:
             raise ValueError(f"noise_scale must be ≥ 0, got {self.noise_scale!r}")
         masks_lib.check_density(self.init_density, field="init_density")
-        _check_int(self.inner_epochs, "inner_epochs", 1)
-        _check_positive(self.inner_lr, "inner_lr")
-        _check_int(self.inner_batch_size, "inner_batch_size", 1)
-        m = _check_number(self.inner_momentum, "inner_momentum")
+        check_int(self.inner_epochs, "inner_epochs", 1)
+        check_positive(self.inner_lr, "inner_lr")
+        check_int(self.inner_batch_size, "inner_batch_size", 1)
+        m = check_number(self.inner_momentum, "inner_momentum")
         if not 0.0 <= m < 1.0:
             raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}")
-        _check_int(self.eval_chunk, "eval_chunk", 1)
+        check_int(self.eval_chunk, "eval_chunk", 1)
 
     @property
     def n_children(self) -> int:
@@ -314,7 +280,7 @@ def split_validation(x, y, fraction: float = 0.1, seed: int = 0):
     A fixed random permutation (``numpy.random.default_rng(seed)``); the validation part holds
     ``round(fraction · n)`` examples (at least 1, at most n − 1).
     """
-    f = _check_number(fraction, "validation_fraction")
+    f = check_number(fraction, "validation_fraction")
     if not 0.0 < f < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
     n = int(np.shape(x)[0])
@@ -644,7 +610,7 @@ def crossover(
     """Uniform crossover of parents a and b (leading axis C): where ``do_cross`` (C,) is set, every entry
     comes from either parent with probability 1/2 (mode "gene": its weight and mask bit from the same
     parent; "independent": drawn separately); elsewhere the child is a clone of parent a."""
-    _check_choice(mode, CROSSOVER_MODES, "crossover_mode")
+    check_choice(mode, CROSSOVER_MODES, "crossover_mode")
     pa, treedef = jax.tree_util.tree_flatten(params_a)
     ma = jax.tree_util.tree_leaves(masks_a)
     pb, mb = jax.tree_util.tree_leaves(params_b), jax.tree_util.tree_leaves(masks_b)

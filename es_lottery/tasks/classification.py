@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from es_lottery._checks import check_int
+
 DATASETS = ("moons", "circles", "blobs", "digits", "xor", "mnist", "fashion_mnist", "kmnist")
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "kmnist")
 SCALE = 0.7  # min-max target range is [-SCALE, SCALE]
@@ -82,14 +84,6 @@ def _split_75(x: np.ndarray, y: np.ndarray):
     return x[:n_tr], y[:n_tr], x[n_tr:], y[n_tr:]
 
 
-def _check_int(value: Any, field: str, lo: int, hi: int | None = None) -> int:
-    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
-    if not ok or value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{field} must be an int {bound}, got {value!r}")
-    return int(value)
-
-
 # ----------------------------------------------------------------------------- 2-D sklearn tasks
 
 
@@ -98,8 +92,8 @@ def moons(n_train: int = 50000, n_test: int = 16000, noise: float = 0.07, random
     each is min-max scaled to [-0.7, 0.7] with its own global min/max (all features together)."""
     from sklearn.datasets import make_moons
 
-    n_train = _check_int(n_train, "n_train", 1)
-    n_test = _check_int(n_test, "n_test", 1)
+    n_train = check_int(n_train, "n_train", 1)
+    n_test = check_int(n_test, "n_test", 1)
     x_tr, y_tr = make_moons(n_samples=n_train, noise=noise, random_state=random_state)
     x_te, y_te = make_moons(n_samples=n_test, noise=noise, random_state=random_state)
     return _make(
@@ -122,8 +116,8 @@ def circles(
     with the same ``random_state``; used raw, no normalisation."""
     from sklearn.datasets import make_circles
 
-    n_train = _check_int(n_train, "n_train", 1)
-    n_test = _check_int(n_test, "n_test", 1)
+    n_train = check_int(n_train, "n_train", 1)
+    n_test = check_int(n_test, "n_test", 1)
     x_tr, y_tr = make_circles(n_samples=n_train, noise=noise, random_state=random_state)
     x_te, y_te = make_circles(n_samples=n_test, noise=noise, random_state=random_state)
     return _make(
@@ -136,7 +130,7 @@ def blobs(k: int = 3, random_state: int = 10) -> Dataset:
     First 75 % train, last 25 % test, no shuffle; used raw, no normalisation."""
     from sklearn.datasets import make_blobs
 
-    k = _check_int(k, "k", 2)
+    k = check_int(k, "k", 2)
     x, y = make_blobs(n_samples=5000 * k, centers=k, random_state=random_state, center_box=(-20, 40))
     return _make(*_split_75(x, y), k, "blobs", k=k, random_state=random_state, normalisation="none")
 
@@ -145,7 +139,7 @@ def _parse_classes(classes: int | Iterable[int] | None) -> tuple[int, ...]:
     if classes is None:
         return tuple(range(10))
     if isinstance(classes, int | np.integer) and not isinstance(classes, bool):
-        return tuple(range(_check_int(classes, "classes", 2, 10)))
+        return tuple(range(check_int(classes, "classes", 2, 10)))
     ids = list(classes) if isinstance(classes, Iterable) and not isinstance(classes, str) else None
     if (
         ids is None
@@ -186,7 +180,7 @@ def xor(n: int = 250, noise: float = 0.0, seed: int = 0) -> Dataset:
     Each split holds the 4 truth-table points repeated ``n`` times (default 250 -> 1000 rows), in random
     row order, plus optional N(0, noise^2) input noise. Train uses ``seed``, test ``seed + 1``. Inputs are
     not normalised (noise=0 gives exact 0/1 values)."""
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", 1)
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise!r}")
     base = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float64)
@@ -320,7 +314,7 @@ def image_dataset(
     if name not in IMAGE_DATASETS:
         raise ValueError(f"dataset must be one of {IMAGE_DATASETS} for image_dataset, got {name!r}")
     if split_train is not None:
-        split_train = _check_int(split_train, "split_train", 1)
+        split_train = check_int(split_train, "split_train", 1)
     candidates = _idx_candidates(name, idx_dir)
     has = {d: {k: _find_idx(d, k) is not None for k in _IDX_FILES} for d in candidates if d.is_dir()}
 
