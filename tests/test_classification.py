@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,7 @@ def test_tfds_data_source_mocked(tmp_path, monkeypatch):
     # raises TypeError); the loader then falls back to per-item reads.
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.delenv("ES_LOTTERY_IDX_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the mock's scratch dirs land in tmp_path
     with tfds.testing.mock_data(num_examples=7):
         ds = C.load_dataset("fashion_mnist", data_dir=tmp_path / "tfds")
     _check_types(ds)
