@@ -80,7 +80,7 @@ from rich.table import Table
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks, plots
-from es_lottery.experiments.rundir import RunDir, check_keys, load_yaml, to_jsonable
+from es_lottery.experiments.rundir import RunDir, check_dataset, check_keys, load_yaml, to_jsonable
 from es_lottery.pruning import baselines as baselines_lib
 from es_lottery.pruning import criteria as criteria_lib
 from es_lottery.pruning import loop
@@ -227,11 +227,7 @@ def _parse_dataset(data: dict) -> tuple[str, dict]:
         raise ValueError(
             f"imp config needs the field 'dataset' (one of: {', '.join(classification.DATASETS)})"
         )
-    name = data["dataset"]
-    if name not in classification.DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r} in field 'dataset'; allowed: {', '.join(classification.DATASETS)}"
-        )
+    name = check_dataset(data["dataset"])
     args = data.get("dataset_args") or {}
     if not isinstance(args, dict):
         raise ValueError(f"field 'dataset_args' must be a mapping, got {type(args).__name__}")

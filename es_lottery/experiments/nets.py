@@ -57,7 +57,14 @@ from rich.table import Table
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks
-from es_lottery.experiments.rundir import RunDir, check_keys, from_dict, load_yaml
+from es_lottery.experiments.rundir import (
+    RunDir,
+    check_dataset,
+    check_keys,
+    from_dict,
+    load_yaml,
+    require_fields,
+)
 from es_lottery.pruning import loop
 from es_lottery.search import nets as nets_lib
 from es_lottery.tasks import classification
@@ -156,14 +163,8 @@ def _parse_network(spec) -> dict:
 def parse_config(data: dict, seeds: int | None = None) -> NeTSExperiment:
     """Validate a config mapping (every error names its field) without compiling anything."""
     check_keys(data, TOP_KEYS, "nets")
-    for req in ("name", "dataset", "network"):
-        if req not in data:
-            raise ValueError(f"nets config needs the field '{req}'")
-    if data["dataset"] not in classification.DATASETS:
-        raise ValueError(
-            f"unknown dataset {data['dataset']!r} in field 'dataset'; "
-            f"allowed: {', '.join(classification.DATASETS)}"
-        )
+    require_fields(data, ("name", "dataset", "network"), "nets")
+    check_dataset(data["dataset"])
     network = _parse_network(data["network"])
     frac = data.get("validation_fraction", 0.1)
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:

@@ -28,6 +28,24 @@ def check_keys(data: dict, allowed: tuple[str, ...] | list[str], where: str) -> 
             raise ValueError(f"unknown key '{where}.{key}'; allowed: {', '.join(allowed)}")
 
 
+def require_fields(data: dict, fields: tuple[str, ...] | list[str], where: str) -> None:
+    """``ValueError`` naming the first of ``fields`` missing from the ``where`` config."""
+    for name in fields:
+        if name not in data:
+            raise ValueError(f"{where} config needs the field '{name}'")
+
+
+def check_dataset(name: Any) -> str:
+    """The ``dataset`` field: one of ``tasks.classification.DATASETS`` (checked without loading)."""
+    from es_lottery.tasks import classification
+
+    if name not in classification.DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r} in field 'dataset'; allowed: {', '.join(classification.DATASETS)}"
+        )
+    return name
+
+
 def from_dict(cls, data: dict | None, where: str):
     """Build the frozen dataclass ``cls`` from ``data``, rejecting keys it does not have."""
     data = dict(data or {})

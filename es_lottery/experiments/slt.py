@@ -35,7 +35,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from es_lottery import networks, plots
-from es_lottery.experiments.rundir import RunDir, check_keys, from_dict, load_yaml
+from es_lottery.experiments.rundir import (
+    RunDir,
+    check_dataset,
+    check_keys,
+    from_dict,
+    load_yaml,
+    require_fields,
+)
 from es_lottery.search import ga_slt
 from es_lottery.tasks import classification
 
@@ -107,14 +114,8 @@ class SLTExperiment:
 def parse_config(data: dict, seeds: int | None = None) -> SLTExperiment:
     """Validate a config mapping (every error names its field) without compiling anything."""
     check_keys(data, TOP_KEYS, "slt")
-    for req in ("name", "dataset", "archs"):
-        if req not in data:
-            raise ValueError(f"slt config needs the field '{req}'")
-    if data["dataset"] not in classification.DATASETS:
-        raise ValueError(
-            f"unknown dataset {data['dataset']!r} in field 'dataset'; "
-            f"allowed: {', '.join(classification.DATASETS)}"
-        )
+    require_fields(data, ("name", "dataset", "archs"), "slt")
+    check_dataset(data["dataset"])
     archs = data["archs"]
     if not isinstance(archs, dict) or not archs:
         raise ValueError("field 'archs' must map labels to MLP sizes, e.g. {A: [2, 20, 2]}")
