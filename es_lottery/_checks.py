@@ -80,3 +80,32 @@ def check_choice(value: Any, allowed: Iterable, field: str) -> Any:
     if value not in allowed:
         raise ValueError(f"unknown {field} {value!r}; allowed: {', '.join(map(str, allowed))}")
     return value
+
+
+def check_xy(x: Any, y: Any, n_features: int, n_classes: int, *, flatten: bool = False) -> None:
+    """Training data for a classifier with ``n_features`` inputs and ``n_classes`` classes.
+
+    ``x`` must be (n, n_features) — or (n, ...) with ``n_features`` entries per example when
+    ``flatten`` — and ``y`` (n,) integer labels in 0..n_classes−1. Traced labels (inside a caller's
+    ``jit``/``vmap``) are checked for shape only.
+    """
+    import jax
+
+    xs, ys = np.shape(x), np.shape(y)
+    per_example = int(np.prod(xs[1:])) if len(xs) >= 2 else -1
+    if (len(xs) != 2 and not flatten) or len(xs) < 2 or per_example != int(n_features):
+        raise ValueError(f"x must have shape (n, {n_features}), got {xs}")
+    if ys != xs[:1]:
+        raise ValueError(f"y must have shape ({xs[0]},) (integer labels), got {ys}")
+    if xs[0] < 1:
+        raise ValueError("x must hold at least one sample")
+    try:
+        yv = np.asarray(y)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if not np.issubdtype(yv.dtype, np.integer):
+        raise ValueError(f"y must hold integer labels, got dtype {yv.dtype}")
+    if yv.min() < 0 or yv.max() >= n_classes:
+        raise ValueError(
+            f"labels y must be in 0..{n_classes - 1} ({n_classes} classes), got range {yv.min()}..{yv.max()}"
+        )

@@ -66,3 +66,21 @@ def test_check_bool_and_choice():
     assert c.check_choice("b", ("a", "b"), "variant") == "b"
     with pytest.raises(ValueError, match="unknown variant 'z'; allowed: a, b"):
         c.check_choice("z", ("a", "b"), "variant")
+
+
+def test_check_xy_shapes_and_labels():
+    x, y = np.zeros((5, 3)), np.array([0, 1, 2, 0, 1])
+    c.check_xy(x, y, 3, 3)
+    c.check_xy(np.zeros((5, 1, 3)), y, 3, 3, flatten=True)  # images flatten to the input width
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 3\)"):
+        c.check_xy(np.zeros((5, 1, 3)), y, 3, 3)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 4\)"):
+        c.check_xy(x, y, 4, 3)
+    with pytest.raises(ValueError, match=r"y must have shape \(5,\)"):
+        c.check_xy(x, y[:4], 3, 3)
+    with pytest.raises(ValueError, match=r"labels y must be in 0\.\.1 \(2 classes\), got range 0\.\.2"):
+        c.check_xy(x, y, 3, 2)
+    with pytest.raises(ValueError, match="integer labels"):
+        c.check_xy(x, y.astype(float), 3, 3)
+    with pytest.raises(ValueError, match="at least one sample"):
+        c.check_xy(np.zeros((0, 3)), np.zeros((0,), int), 3, 3)

@@ -49,7 +49,7 @@ import optax
 from flax import struct
 
 from es_lottery import networks
-from es_lottery._checks import check_bool, check_int, check_number
+from es_lottery._checks import check_bool, check_int, check_number, check_xy
 from es_lottery.gradient.edge_popup import epoch_batches
 from es_lottery.networks import MLP
 
@@ -207,25 +207,7 @@ def make_module(sizes: Sequence[int]) -> MLP:
 
 
 def _check_data(module: MLP, x, y) -> None:
-    xs, ys = np.shape(x), np.shape(y)
-    if len(xs) != 2 or xs[1] != module.sizes[0]:
-        raise ValueError(f"x must have shape (n, {module.sizes[0]}), got {xs}")
-    if ys != xs[:1]:
-        raise ValueError(f"y must have shape ({xs[0]},) (integer labels), got {ys}")
-    if xs[0] < 1:
-        raise ValueError("x must hold at least one sample")
-    try:
-        yv = np.asarray(y)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return
-    classes = max(int(module.sizes[-1]), 2)
-    if not np.issubdtype(yv.dtype, np.integer):
-        raise ValueError(f"y must hold integer labels, got dtype {yv.dtype}")
-    if yv.min() < 0 or yv.max() >= classes:
-        raise ValueError(
-            f"labels y must be in 0..{classes - 1} for {module.sizes[-1]} output unit(s), "
-            f"got range {yv.min()}..{yv.max()}"
-        )
+    check_xy(x, y, module.sizes[0], max(int(module.sizes[-1]), 2))
 
 
 # ----------------------------------------------------------------------------------------------

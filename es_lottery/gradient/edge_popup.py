@@ -50,7 +50,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks
-from es_lottery._checks import check_bool, check_int, check_number
+from es_lottery._checks import check_bool, check_int, check_number, check_xy
 from es_lottery.networks import MLP
 
 PyTree = Any
@@ -157,24 +157,7 @@ def resolve_module(arch: Sequence[int] | MLP, config: EdgePopupConfig) -> MLP:
 
 
 def _check_data(module: MLP, x, y) -> None:
-    xs, ys = np.shape(x), np.shape(y)
-    if len(xs) < 2 or int(np.prod(xs[1:])) != int(module.sizes[0]):
-        raise ValueError(f"x must have shape (n, {module.sizes[0]}), got {xs}")
-    if ys != xs[:1]:
-        raise ValueError(f"y must have shape ({xs[0]},) (integer labels), got {ys}")
-    if xs[0] < 1:
-        raise ValueError("x must hold at least one sample")
-    try:
-        yv = np.asarray(y)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return  # traced labels (inside a user's vmap/jit): the caller is responsible
-    if not np.issubdtype(yv.dtype, np.integer):
-        raise ValueError(f"y must hold integer labels, got dtype {yv.dtype}")
-    if yv.min() < 0 or yv.max() >= module.sizes[-1]:
-        raise ValueError(
-            f"labels y must be in 0..{module.sizes[-1] - 1} (the arch has {module.sizes[-1]} outputs), "
-            f"got range {yv.min()}..{yv.max()}"
-        )
+    check_xy(x, y, module.sizes[0], module.sizes[-1], flatten=True)
 
 
 # ----------------------------------------------------------------------------------------------
