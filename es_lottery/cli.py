@@ -82,7 +82,7 @@ def cmd_slt(args: argparse.Namespace, console: Console) -> int:
     from es_lottery.experiments import slt
 
     exp = slt.load_config(args.config, seeds=args.seeds)
-    path = slt.run_experiment(exp, out=args.out, console=console)
+    path = slt.run_experiment(exp, out=args.out, console=console, only=args.only)
     console.print(f"run directory: {path}")
     return 0
 
@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     slt.add_argument("config", nargs="?", default=None, help="YAML config (default: embedded quickstart)")
     slt.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
     slt.add_argument("--out", default="runs", help="output directory (default: runs/)")
+    slt.add_argument(
+        "--only",
+        action="append",
+        metavar="PATTERN",
+        help="run only the jobs whose name matches this glob, e.g. 'D/*', '*/backprop', 'B@5/ga' "
+        "(repeatable; the others are left for a later call into the same run directory)",
+    )
     slt.set_defaults(func=cmd_slt)
     imp = sub.add_parser(
         "imp", help="ES lottery tickets: iterative pruning with ES or GD (Lange & Sprekeler)"

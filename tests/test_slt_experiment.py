@@ -83,3 +83,49 @@ def test_histories_from_metrics_roundtrip():
     assert h["best_acc"].shape == (2, 5)
     np.testing.assert_allclose(h["best_acc"][1], [0.51, 0.52, 0.53, 0.54, 0.55])
     assert np.isnan(h["best_acc"][0, 3:]).all() and np.isfinite(h["best_acc"][0, :3]).all()
+
+
+def _results(path):
+    return [json.loads(x) for x in (path / "results.jsonl").read_text().splitlines()]
+
+
+def test_only_splits_jobs_without_changing_results(tmp_path):
+    cfg = {
+        **TINY,
+        "variants": ["ga", "static_ab"],
+        "edge_popup": [{"kept_fraction": "matched", "epochs": 2}],
+        "seeds": 1,
+    }
+    exp = slt.parse_config(cfg)
+    quiet = Console(file=io.StringIO(), width=150)
+    whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
+
+    # first only the static-AB job and the matched edge-popup; the latter needs the GA's sparsity first
+    log = Console(file=io.StringIO(), width=150)
+    split = slt.run_experiment(exp, out=tmp_path / "split", console=log, only=["*/static_ab", "A/edge*"])
+    assert {r["job"] for r in _results(split)} == {"A/static_ab"}
+    assert "needs the GA results of A/ga first" in log.file.getvalue()
+    # then the rest, into the same run directory
+    again = slt.run_experiment(exp, out=tmp_path / "split", console=quiet, only=["A/ga", "A/edge_popup*"])
+    assert again.name == split.name
+
+    def key(rows):
+        drop = {"seconds"}
+        return sorted(
+            (r["job"], r["seed"], json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True))
+            for r in rows
+        )
+
+    assert key(_results(split)) == key(_results(whole))  # same jobs, same numbers, any order of calls
+    assert {p.name for p in (split / "plots").glob("curves_*.png")} == {
+        "curves_A_ga.png",
+        "curves_A_static_ab.png",
+    }
+
+
+def test_only_rejects_empty_patterns():
+    with pytest.raises(ValueError, match="--only"):
+        slt.job_selector([""])
+    sel = slt.job_selector(["D/*", "*/backprop"])
+    assert sel("D/ga") and sel("B/backprop") and not sel("B/ga") and not sel("B@5/ga")
+    assert slt.job_selector(None)("anything")

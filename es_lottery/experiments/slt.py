@@ -12,7 +12,8 @@ Config (``configs/slt/*.yaml``)::
     seed: 0                   # seed s: key fold_in(key(seed), s), the same frozen weights for every variant
     ga: {}                    # GAConfig overrides (pop_size, rates, fitness, …)
     backprop: true            # the tuned MLPClassifier-style baseline (paper settings for moons/circles)
-    edge_popup: []            # list of {weight_init, kept_fraction (number or "matched"), epochs}
+    edge_popup: []            # list of {weight_init, kept_fraction (number or "matched"), epochs};
+                              # "matched" = mean density of the config's GA variants on that arch
     progress_every: 10        # generations between progress updates
 
 Each (arch, method) is a job; all seeds of a job run at once (``vmap``). Finished jobs are skipped when
@@ -22,7 +23,9 @@ the same config is run again into the same output directory.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -340,13 +343,32 @@ def summarise(results: list[dict]) -> dict:
     return out
 
 
-def run_experiment(exp: SLTExperiment, out: str | Path = "runs", console: Console | None = None) -> Path:
-    """Run every job of ``exp`` (skipping finished ones) and write the run directory; returns its path."""
+def job_selector(only: Sequence[str] | None) -> Callable[[str], bool]:
+    """Predicate over job names (``"B/ga"``, ``"B@5/backprop"``, ``"A/edge_popup[uniform,k=0.5]"``):
+    True when ``only`` is empty or a glob pattern in it matches (``"D/*"``, ``"*/adaptive_ab"``)."""
+    patterns = [str(p) for p in (only or ())]
+    for p in patterns:
+        if not p.strip():
+            raise ValueError("--only patterns must not be empty")
+    return lambda job: not patterns or any(fnmatch.fnmatchcase(job, p) for p in patterns)
+
+
+def run_experiment(
+    exp: SLTExperiment,
+    out: str | Path = "runs",
+    console: Console | None = None,
+    only: Sequence[str] | None = None,
+) -> Path:
+    """Run every job of ``exp`` (skipping finished ones) and write the run directory; returns its path.
+
+    ``only``: glob patterns over job names; jobs that match none are left for a later call into the same
+    run directory (the split does not change the results: every job draws its keys from the config alone).
+    """
     console = console or Console()
+    selected = job_selector(only)
     rundir = RunDir(out, exp.name, exp.resolved())
     console.print(f"[bold]slt[/] {exp.name}: {exp.dataset}, {exp.seeds} seeds → {rundir.path}")
     done = {r["job"] for r in rundir.read("results.jsonl")}
-    hists = {}
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         for classes, data_args, archs in exp.settings():
@@ -364,23 +386,34 @@ def run_experiment(exp: SLTExperiment, out: str | Path = "runs", console: Consol
                     if job in done:
                         console.print(f"  {escape(job)}: finished earlier, skipped")
                         continue
-                    results, metrics, hist = _ga_job(exp, label, sizes, variant, data, console, progress)
+                    if not selected(job):
+                        continue
+                    results, metrics, _ = _ga_job(exp, label, sizes, variant, data, console, progress)
                     rundir.append("metrics.jsonl", metrics)
                     rundir.append("results.jsonl", [{**r, **extra} for r in results])
-                    hists[job] = hist
-                if exp.backprop and f"{label}/backprop" not in done:
+                if exp.backprop and f"{label}/backprop" not in done and selected(f"{label}/backprop"):
                     console.print(f"  {label}: backprop baseline …")
                     rows = _backprop_job(exp, label, sizes, data)
                     rundir.append("results.jsonl", [{**r, **extra} for r in rows])
+                ga_jobs = [f"{label}/{v}" for v in exp.variants]
                 for spec in exp.edge_popup:
-                    prior = [
-                        r for r in rundir.read("results.jsonl") if r["arch"] == label and "generations" in r
-                    ]
-                    matched = 1.0 - float(np.mean([r["sparsity"] for r in prior])) if prior else 0.5
-                    if _edge_popup_name(spec) in {
-                        r["method"] for r in rundir.read("results.jsonl") if r["arch"] == label
-                    }:
+                    so_far = rundir.read("results.jsonl")
+                    name = _edge_popup_name(spec)
+                    if name in {r["method"] for r in so_far if r["arch"] == label}:
                         continue
+                    if not selected(f"{label}/{name}"):
+                        continue
+                    # "matched": keep the mean density of ALL the config's GA variants on this arch
+                    prior = [r for r in so_far if r["job"] in ga_jobs]
+                    missing = sorted(set(ga_jobs) - {r["job"] for r in prior})
+                    if spec.get("kept_fraction") == "matched" and missing:
+                        console.print(
+                            f"  {escape(label)}/{escape(name)}: needs the GA results of "
+                            f"{escape(', '.join(missing))} first (its kept fraction is their mean density), "
+                            "skipped"
+                        )
+                        continue
+                    matched = 1.0 - float(np.mean([r["sparsity"] for r in prior])) if prior else 0.5
                     rows = _edge_popup_job(exp, label, sizes, data, spec, matched)
                     console.print(
                         f"  {escape(rows[0]['job'])}: test acc {np.mean([r['test_acc'] for r in rows]):.3f}"
@@ -389,8 +422,7 @@ def run_experiment(exp: SLTExperiment, out: str | Path = "runs", console: Consol
     results = rundir.read("results.jsonl")
     summary = summarise(results)
     rundir.write_json("summary.json", {"experiment": exp.resolved(), "jobs": summary})
-    if not hists:  # every job was skipped: rebuild the curves from metrics.jsonl
-        hists = histories_from_metrics(rundir.read("metrics.jsonl"))
+    hists = histories_from_metrics(rundir.read("metrics.jsonl"))  # every GA job, this call's and earlier
     write_plots(rundir.path / "plots", exp.name, results, hists, by_classes=bool(exp.class_counts))
     console.print(summary_table(summary, title=f"{exp.name} ({exp.dataset})"))
     return rundir.path
