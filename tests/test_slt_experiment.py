@@ -129,3 +129,5 @@ def test_only_rejects_empty_patterns():
     sel = slt.job_selector(["D/*", "*/backprop"])
     assert sel("D/ga") and sel("B/backprop") and not sel("B/ga") and not sel("B@5/ga")
     assert slt.job_selector(None)("anything")
+    ep = "D/edge_popup[uniform,k=0.5]"
+    assert slt.job_selector([ep])(ep) and not slt.job_selector([ep])("D/edge_popup[uniform,k=matched]")

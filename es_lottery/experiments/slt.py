@@ -345,12 +345,13 @@ def summarise(results: list[dict]) -> dict:
 
 def job_selector(only: Sequence[str] | None) -> Callable[[str], bool]:
     """Predicate over job names (``"B/ga"``, ``"B@5/backprop"``, ``"A/edge_popup[uniform,k=0.5]"``):
-    True when ``only`` is empty or a glob pattern in it matches (``"D/*"``, ``"*/adaptive_ab"``)."""
+    True when ``only`` is empty or an entry equals the name or matches it as a glob (``"D/*"``,
+    ``"*/adaptive_ab"``; the brackets of edge-popup names are glob syntax, so those match by equality)."""
     patterns = [str(p) for p in (only or ())]
     for p in patterns:
         if not p.strip():
             raise ValueError("--only patterns must not be empty")
-    return lambda job: not patterns or any(fnmatch.fnmatchcase(job, p) for p in patterns)
+    return lambda job: not patterns or any(job == p or fnmatch.fnmatchcase(job, p) for p in patterns)
 
 
 def run_experiment(
