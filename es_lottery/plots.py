@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -82,16 +83,33 @@ def ga_curves(histories: dict[str, np.ndarray], path: str | Path, title: str) ->
     return _save(fig, path)
 
 
+METHOD_ORDER = ("ga", "adaptive_ab", "static_ab", "backprop")
+
+
+def natural_key(label: str) -> tuple:
+    """Sort key that orders embedded numbers numerically: ``B@2 < B@10``, ``100@9 < 100@10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(label)))
+
+
+def method_key(method: str) -> tuple:
+    """GA variants in the paper's order, backprop, then the rest (edge-popup variants) alphabetically."""
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
 def box_by_arch(
-    results: list[dict], path: str | Path, title: str, reference: dict[str, float] | None = None
+    results: list[dict],
+    path: str | Path,
+    title: str,
+    reference: dict[str, float] | None = None,
+    xlabel: str = "architecture",
 ) -> Path:
     """The paper's Fig. 3: test-accuracy boxes per architecture and method; ``reference`` (e.g. the
     backprop mean per architecture) is drawn as a dashed marker."""
     by = defaultdict(list)
     for r in results:
         by[(r["arch"], r["method"])].append(r["test_acc"])
-    archs = sorted({a for a, _ in by})
-    methods = sorted({m for _, m in by if m != "backprop"})
+    archs = sorted({a for a, _ in by}, key=natural_key)
+    methods = sorted({m for _, m in by if m != "backprop"}, key=method_key)
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(archs) * max(1, len(methods))), 4.5))
     width = 0.8 / max(1, len(methods))
     for j, m in enumerate(methods):
@@ -122,7 +140,7 @@ def box_by_arch(
                 label="backprop mean" if i == 0 else None,
             )
     ax.set_xticks(range(len(archs)), archs)
-    ax.set_xlabel("architecture")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)

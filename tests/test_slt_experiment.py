@@ -131,3 +131,24 @@ def test_only_rejects_empty_patterns():
     assert slt.job_selector(None)("anything")
     ep = "D/edge_popup[uniform,k=0.5]"
     assert slt.job_selector([ep])(ep) and not slt.job_selector([ep])("D/edge_popup[uniform,k=matched]")
+
+
+def test_plot_orderings():
+    from es_lottery import plots
+
+    labels = ["B@10", "B@2", "100@9", "B@5", "100@10", "A"]
+    assert sorted(labels, key=plots.natural_key) == ["100@9", "100@10", "A", "B@2", "B@5", "B@10"]
+    methods = [
+        "edge_popup[uniform,k=0.5]",
+        "backprop",
+        "ga",
+        "adaptive_ab",
+        "edge_popup[kaiming_normal,k=0.5]",
+    ]
+    assert sorted(methods, key=plots.method_key) == [
+        "ga",
+        "adaptive_ab",
+        "backprop",
+        "edge_popup[kaiming_normal,k=0.5]",
+        "edge_popup[uniform,k=0.5]",
+    ]

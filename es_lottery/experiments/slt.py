@@ -463,7 +463,9 @@ def write_plots(
         if r["method"] == "backprop":
             ref.setdefault(r["arch"], []).append(r["test_acc"])
     ref = {a: float(np.mean(v)) for a, v in ref.items()}
-    out.append(plots.box_by_arch(results, plot_dir / "box_test_acc.png", f"{name}: test accuracy", ref))
+    xlabel = "architecture@number of classes" if by_classes else "architecture"
+    box = plots.box_by_arch(results, plot_dir / "box_test_acc.png", f"{name}: test accuracy", ref, xlabel)
+    out.append(box)
     out.append(plots.accuracy_vs_sparsity(results, plot_dir / "acc_vs_sparsity.png", name))
     if by_classes:
         out.append(plots.curve_by_classes(results, plot_dir / "acc_vs_classes.png", f"{name}: test accuracy"))
