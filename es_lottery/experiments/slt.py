@@ -251,7 +251,7 @@ def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress):
         for s in range(exp.seeds)
         for g in range(int(gens[s]))
     ]
-    return results, metrics, hist
+    return results, metrics
 
 
 def _backprop_job(exp: SLTExperiment, label, sizes, data):
@@ -389,7 +389,7 @@ def run_experiment(
                         continue
                     if not selected(job):
                         continue
-                    results, metrics, _ = _ga_job(exp, label, sizes, variant, data, console, progress)
+                    results, metrics = _ga_job(exp, label, sizes, variant, data, console, progress)
                     rundir.append("metrics.jsonl", metrics)
                     rundir.append("results.jsonl", [{**r, **extra} for r in results])
                 if exp.backprop and f"{label}/backprop" not in done and selected(f"{label}/backprop"):
