@@ -1,9 +1,10 @@
 """The ``es-lottery`` command line.
 
 ``es-lottery info``                    devices, library versions, networks, datasets and data locations.
-``es-lottery slt [CONFIG] [--seeds N] [--out DIR]``
+``es-lottery slt [CONFIG] [--seeds N] [--out DIR] [--only PATTERN] [--checkpoint-seconds S]``
                                       strong-ticket GA experiment (``configs/slt/*.yaml``; without CONFIG
-                                      an embedded quickstart: moons, arch B, plain GA, 8 seeds).
+                                      an embedded quickstart: moons, arch B, plain GA, 8 seeds), resumable:
+                                      re-running skips finished jobs and resumes a GA job mid-way.
 ``es-lottery imp CONFIG [--seeds N] [--out DIR]``
                                       iterative pruning with ES or GD (``configs/imp/*.yaml``), resumable:
                                       re-running skips finished levels and resumes an ES level mid-way.
@@ -82,7 +83,9 @@ def cmd_slt(args: argparse.Namespace, console: Console) -> int:
     from es_lottery.experiments import slt
 
     exp = slt.load_config(args.config, seeds=args.seeds)
-    path = slt.run_experiment(exp, out=args.out, console=console, only=args.only)
+    path = slt.run_experiment(
+        exp, out=args.out, console=console, only=args.only, checkpoint_seconds=args.checkpoint_seconds
+    )
     console.print(f"run directory: {path}")
     return 0
 
@@ -117,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="run only the jobs whose name matches this glob, e.g. 'D/*', '*/backprop', 'B@5/ga' "
         "(repeatable; the others are left for a later call into the same run directory)",
+    )
+    slt.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a running GA job saves its state at most every S seconds; after an interruption the same "
+        "command resumes it from there (default: 60)",
     )
     slt.set_defaults(func=cmd_slt)
     imp = sub.add_parser(

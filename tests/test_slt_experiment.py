@@ -85,8 +85,12 @@ def test_histories_from_metrics_roundtrip():
     assert np.isnan(h["best_acc"][0, 3:]).all() and np.isfinite(h["best_acc"][0, :3]).all()
 
 
+def _rows(file):
+    return [json.loads(x) for x in file.read_text().splitlines()]
+
+
 def _results(path):
-    return [json.loads(x) for x in (path / "results.jsonl").read_text().splitlines()]
+    return _rows(path / "results.jsonl")
 
 
 def test_only_splits_jobs_without_changing_results(tmp_path):
@@ -152,3 +156,61 @@ def test_plot_orderings():
         "edge_popup[kaiming_normal,k=0.5]",
         "edge_popup[uniform,k=0.5]",
     ]
+
+
+def test_interrupted_ga_job_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    cfg = {**TINY, "variants": ["adaptive_ab"], "ga": {**TINY["ga"], "min_generations": 14}}
+    exp = slt.parse_config(cfg)
+    quiet = Console(file=io.StringIO(), width=150)
+    whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
+
+    class Killed(Exception):
+        pass
+
+    real_save = slt.save_tree
+    saved = []
+
+    def save_then_die(path, tree, meta):
+        saved.append(meta["until"])
+        if len(saved) == 2:  # killed right after the second checkpoint (generation 8) ...
+            state, hist = tree  # ... whose evaluation counters carry a marker, to see they are resumed
+            real_save(path, (state.replace(n_evals=state.n_evals + 1000), hist), meta)
+            raise Killed
+        real_save(path, tree, meta)
+
+    monkeypatch.setattr(slt, "save_tree", save_then_die)
+    with pytest.raises(Killed):
+        slt.run_experiment(exp, out=tmp_path / "cut", console=quiet, checkpoint_seconds=0)
+    monkeypatch.setattr(slt, "save_tree", real_save)
+    run = tmp_path / "cut" / whole.name
+    ckpt = slt.checkpoint_path(slt.RunDir(tmp_path / "cut", exp.name, exp.resolved()), "A/adaptive_ab")
+    assert saved == [4, 8] and ckpt.exists() and not (run / "results.jsonl").exists()
+
+    log = Console(file=io.StringIO(), width=150)
+    resumed = slt.run_experiment(exp, out=tmp_path / "cut", console=log)
+    assert "resuming at generation 8" in log.file.getvalue()
+    assert not ckpt.exists()  # removed once the job's results are written
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "n_evals")} for r in rows]
+
+    # the same run, continued from the saved state (its total evaluation count carries the marker)
+    assert strip(_results(resumed)) == strip(_results(whole))
+    assert [r["n_evals"] for r in _results(resumed)] == [r["n_evals"] + 1000 for r in _results(whole)]
+    assert _rows(resumed / "metrics.jsonl") == _rows(whole / "metrics.jsonl")  # per-generation deltas
+    assert min(r["generations"] for r in _results(whole)) > 8  # the cut really was mid-run
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    import jax.numpy as jnp
+
+    from es_lottery.experiments import rundir
+
+    path = tmp_path / "c.npz"
+    rundir.save_tree(path, {"a": jnp.zeros((2, 3)), "b": jnp.int32(4)}, {"until": 4})
+    tree, meta = rundir.load_tree(path, {"a": jnp.ones((2, 3)), "b": jnp.int32(0)})
+    assert meta == {"until": 4} and int(tree["b"]) == 4 and tree["a"].shape == (2, 3)
+    with pytest.raises(ValueError, match=r"array 0 is float32\[2, 3\].*float32\[5, 3\]"):
+        rundir.load_tree(path, {"a": jnp.ones((5, 3)), "b": jnp.int32(0)})
+    with pytest.raises(ValueError, match="holds 2 arrays, this run's state has 1"):
+        rundir.load_tree(path, {"a": jnp.ones((2, 3))})

@@ -3,7 +3,8 @@
 A run directory is ``<out>/<name>-<hash>``, the hash taken over the resolved config (open_lth style), so a
 re-run of the same config finds its finished jobs and skips them. It holds ``config.yaml`` (resolved),
 ``results.jsonl`` (one line per finished job and seed), ``metrics.jsonl`` (per-generation rows),
-``summary.json`` and ``plots/``.
+``summary.json`` and ``plots/``; while a long job runs, ``checkpoints/`` holds its latest state
+(:func:`save_tree` / :func:`load_tree`), so an interrupted job resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,57 @@ class RunDir:
 
     def write_json(self, filename: str, data: Any) -> None:
         (self.path / filename).write_text(json.dumps(to_jsonable(data), indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# array checkpoints of a pytree
+
+
+def save_tree(path: str | Path, tree: Any, meta: dict | None = None) -> None:
+    """Write the leaves of ``tree`` (host copies) and a JSON ``meta`` dict to ``path`` (``.npz``).
+
+    The file is written next to its target and renamed into place, so a kill mid-write leaves the
+    previous checkpoint intact.
+    """
+    import jax
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    leaves = jax.tree_util.tree_leaves(jax.device_get(tree))
+    arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays["meta"] = np.asarray(json.dumps(to_jsonable(meta or {})))
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+
+
+def load_tree(path: str | Path, template: Any) -> tuple[Any, dict]:
+    """(tree, meta) from a :func:`save_tree` file; ``template`` gives the structure, shapes and dtypes.
+
+    A file whose leaves do not fit the template (another code version or configuration) raises a
+    ``ValueError`` that names the file, so a stale checkpoint is never resumed silently.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    path = Path(path)
+    t_leaves, treedef = jax.tree_util.tree_flatten(template)
+    with np.load(path, allow_pickle=False) as data:
+        names = sorted(k for k in data.files if k.startswith("leaf_"))
+        if len(names) != len(t_leaves):
+            raise ValueError(
+                f"checkpoint {path} holds {len(names)} arrays, this run's state has {len(t_leaves)}; "
+                "it was written by another version or configuration — delete it to start the job afresh"
+            )
+        leaves = []
+        for i, (name, t) in enumerate(zip(names, t_leaves, strict=True)):
+            x = data[name]
+            if x.shape != np.shape(t) or x.dtype != np.asarray(t).dtype:
+                raise ValueError(
+                    f"checkpoint {path}: array {i} is {x.dtype}{list(x.shape)}, this run expects "
+                    f"{np.asarray(t).dtype}{list(np.shape(t))} — delete it to start the job afresh"
+                )
+            leaves.append(jnp.asarray(x))
+        meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+    return jax.tree_util.tree_unflatten(treedef, leaves), meta

@@ -17,7 +17,8 @@ Config (``configs/slt/*.yaml``)::
     progress_every: 10        # generations between progress updates
 
 Each (arch, method) is a job; all seeds of a job run at once (``vmap``). Finished jobs are skipped when
-the same config is run again into the same output directory.
+the same config is run again into the same output directory, and a GA job that was interrupted resumes
+from its last checkpoint (``checkpoints/`` in the run directory, written about once a minute).
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from es_lottery import networks, plots
+from es_lottery._checks import check_number
 from es_lottery.experiments.rundir import (
     RunDir,
     check_dataset,
     check_keys,
     from_dict,
+    load_tree,
     load_yaml,
     require_fields,
+    save_tree,
 )
 from es_lottery.search import ga_slt
 from es_lottery.tasks import classification
@@ -197,7 +201,16 @@ def _seed_map(fn):
     return lambda k, s, h, u: jax.lax.map(lambda a: fn(a[0], a[1], a[2], u), (k, s, h))
 
 
-def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress):
+def checkpoint_path(rundir: RunDir, job: str) -> Path:
+    """Where a running GA job keeps its latest state (``checkpoints/<arch>_<variant>.npz``)."""
+    return rundir.path / "checkpoints" / (job.replace("/", "_") + ".npz")
+
+
+def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress, rundir, checkpoint_seconds):
+    """All seeds of one GA job. Every ``checkpoint_seconds`` (at a progress step) the seeds' states and
+    histories go to :func:`checkpoint_path`; a job that finds its checkpoint continues from it. Since
+    chunks of ``ga_slt.advance`` reproduce one whole run exactly, a resumed job gives the same numbers
+    as an uninterrupted one (only its ``seconds`` include the time before the interruption)."""
     module = networks.make_network("mlp", sizes=sizes, weight_init="uniform")
     task = ga_slt.make_task(module, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes)
     cfg = exp.ga.replace(variant=variant)
@@ -211,6 +224,13 @@ def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress):
     advance = jax.jit(_seed_map(lambda k, s, h, u: ga_slt.advance(k, s, h, task, cfg, u)))
     job = progress.add_task(f"{label} {variant}", total=cfg.cap)
     until = 0
+    ckpt = checkpoint_path(rundir, f"{label}/{variant}")
+    if ckpt.exists():
+        (state, hist), meta = load_tree(ckpt, (state, hist))
+        until = int(meta["until"])
+        t0 = time.time() - float(meta["seconds"])
+        console.print(f"  {escape(label)}/{variant}: resuming at generation {until} from {ckpt}")
+    saved_at = time.time()
     while True:
         until += exp.progress_every
         state, hist = advance(k_run, state, hist, until)
@@ -226,6 +246,13 @@ def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress):
             console.print(f"  {line} ({time.time() - t0:.0f} s)")  # logs get lines, terminals a bar
         if stopped.all():
             break
+        if time.time() - saved_at >= checkpoint_seconds:
+            save_tree(
+                ckpt,
+                (state, hist),
+                {"job": f"{label}/{variant}", "until": until, "seconds": time.time() - t0},
+            )
+            saved_at = time.time()
     final = jax.vmap(lambda s: ga_slt.evaluate_final(s, task, cfg))(state)
     seconds = time.time() - t0
     progress.update(job, completed=cfg.cap)
@@ -359,12 +386,15 @@ def run_experiment(
     out: str | Path = "runs",
     console: Console | None = None,
     only: Sequence[str] | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> Path:
     """Run every job of ``exp`` (skipping finished ones) and write the run directory; returns its path.
 
     ``only``: glob patterns over job names; jobs that match none are left for a later call into the same
     run directory (the split does not change the results: every job draws its keys from the config alone).
+    ``checkpoint_seconds``: how often a running GA job saves its state (an interrupted job resumes from it).
     """
+    checkpoint_seconds = check_number(checkpoint_seconds, "checkpoint_seconds", 0.0)
     console = console or Console()
     selected = job_selector(only)
     rundir = RunDir(out, exp.name, exp.resolved())
@@ -386,12 +416,18 @@ def run_experiment(
                     job = f"{label}/{variant}"
                     if job in done:
                         console.print(f"  {escape(job)}: finished earlier, skipped")
+                        checkpoint_path(rundir, job).unlink(
+                            missing_ok=True
+                        )  # left by a kill after the append
                         continue
                     if not selected(job):
                         continue
-                    results, metrics = _ga_job(exp, label, sizes, variant, data, console, progress)
+                    results, metrics = _ga_job(
+                        exp, label, sizes, variant, data, console, progress, rundir, checkpoint_seconds
+                    )
                     rundir.append("metrics.jsonl", metrics)
                     rundir.append("results.jsonl", [{**r, **extra} for r in results])
+                    checkpoint_path(rundir, job).unlink(missing_ok=True)
                 if exp.backprop and f"{label}/backprop" not in done and selected(f"{label}/backprop"):
                     console.print(f"  {label}: backprop baseline …")
                     rows = _backprop_job(exp, label, sizes, data)
