@@ -1,10 +1,10 @@
 """The ``es-lottery`` command line.
 
 ``es-lottery info``                    devices, library versions, networks, datasets and data locations.
-``es-lottery slt [CONFIG] [--seeds N] [--out DIR] [--only PATTERN] [--checkpoint-seconds S]``
+``es-lottery slt [CONFIG] [--seeds N] [--out DIR] [--only PATTERN] [--checkpoint-seconds S] [--seed-chunk K]``
                                       strong-ticket GA experiment (``configs/slt/*.yaml``; without CONFIG
                                       an embedded quickstart: moons, arch B, plain GA, 8 seeds), resumable:
-                                      re-running skips finished jobs and resumes a GA job mid-way.
+                                      re-running skips finished jobs and seeds and resumes a GA job mid-way.
 ``es-lottery imp CONFIG [--seeds N] [--out DIR]``
                                       iterative pruning with ES or GD (``configs/imp/*.yaml``), resumable:
                                       re-running skips finished levels and resumes an ES level mid-way.
@@ -84,7 +84,12 @@ def cmd_slt(args: argparse.Namespace, console: Console) -> int:
 
     exp = slt.load_config(args.config, seeds=args.seeds)
     path = slt.run_experiment(
-        exp, out=args.out, console=console, only=args.only, checkpoint_seconds=args.checkpoint_seconds
+        exp,
+        out=args.out,
+        console=console,
+        only=args.only,
+        checkpoint_seconds=args.checkpoint_seconds,
+        seed_chunk=args.seed_chunk,
     )
     console.print(f"run directory: {path}")
     return 0
@@ -128,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="a running GA job saves its state at most every S seconds; after an interruption the same "
         "command resumes it from there (default: 60)",
+    )
+    slt.add_argument(
+        "--seed-chunk",
+        type=int,
+        default=None,
+        metavar="K",
+        help="run a GA job's seeds K at a time and record each chunk's results when it finishes, so a long "
+        "job leaves finished seeds behind (same numbers; default: all seeds at once)",
     )
     slt.set_defaults(func=cmd_slt)
     imp = sub.add_parser(

@@ -214,3 +214,53 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
         rundir.load_tree(path, {"a": jnp.ones((5, 3)), "b": jnp.int32(0)})
     with pytest.raises(ValueError, match="holds 2 arrays, this run's state has 1"):
         rundir.load_tree(path, {"a": jnp.ones((2, 3))})
+
+
+def test_seed_chunks_are_consecutive_and_bounded():
+    assert slt.seed_chunks([9, 0, 1, 2, 5, 6], 2) == [range(0, 2), range(2, 3), range(5, 7), range(9, 10)]
+    assert slt.seed_chunks([0, 1, 2, 5, 6, 9], None) == [range(0, 3), range(5, 7), range(9, 10)]
+    assert slt.seed_chunks([], 3) == []
+    with pytest.raises(ValueError, match="seed_chunk"):
+        slt.run_experiment(slt.parse_config(TINY), out="unused", seed_chunk=0)
+
+
+def test_a_job_run_in_seed_chunks_keeps_finished_seeds_and_gives_the_same_numbers(tmp_path, monkeypatch):
+    exp = slt.parse_config({**TINY, "seeds": 3})
+    quiet = Console(file=io.StringIO(), width=150)
+    whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
+
+    class Killed(Exception):
+        pass
+
+    real_job = slt._ga_job
+    calls = []
+
+    def job_then_die(*args):
+        calls.append(args[-1])
+        if len(calls) == 2:  # killed while running the second chunk
+            raise Killed
+        return real_job(*args)
+
+    monkeypatch.setattr(slt, "_ga_job", job_then_die)
+    with pytest.raises(Killed):
+        slt.run_experiment(exp, out=tmp_path / "cut", console=quiet, seed_chunk=2)
+    run = tmp_path / "cut" / whole.name
+    assert calls == [range(0, 2), range(2, 3)]
+    assert [r["seed"] for r in _results(run)] == [0, 1]  # the first chunk's seeds are kept
+
+    calls.clear()
+    log = Console(file=io.StringIO(), width=150)
+    slt.run_experiment(exp, out=tmp_path / "cut", console=log, seed_chunk=2)
+    assert calls == [range(2, 3)]  # only the missing seed runs again
+    assert "2 seeds finished earlier" in log.file.getvalue()
+
+    def strip(rows):
+        return sorted(
+            json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) for r in rows
+        )
+
+    assert strip(_results(run)) == strip(_results(whole))  # seed s gets the same key in any chunk
+    assert sorted(map(json.dumps, _rows(run / "metrics.jsonl"))) == sorted(
+        map(json.dumps, _rows(whole / "metrics.jsonl"))
+    )
+    assert json.loads((run / "summary.json").read_text())["jobs"]["A/ga"]["seeds"] == 3

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import glob
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -201,20 +202,47 @@ def _seed_map(fn):
     return lambda k, s, h, u: jax.lax.map(lambda a: fn(a[0], a[1], a[2], u), (k, s, h))
 
 
-def checkpoint_path(rundir: RunDir, job: str) -> Path:
-    """Where a running GA job keeps its latest state (``checkpoints/<arch>_<variant>.npz``)."""
-    return rundir.path / "checkpoints" / (job.replace("/", "_") + ".npz")
+def checkpoint_path(rundir: RunDir, job: str, seeds: range | None = None) -> Path:
+    """Where a running GA job keeps its latest state: ``checkpoints/<arch>_<variant>.npz``, or
+    ``…_s<first>-<last>.npz`` for a chunk of its seeds."""
+    tag = "" if seeds is None else f"_s{seeds.start}-{seeds.stop - 1}"
+    return rundir.path / "checkpoints" / (job.replace("/", "_") + tag + ".npz")
 
 
-def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress, rundir, checkpoint_seconds):
-    """All seeds of one GA job. Every ``checkpoint_seconds`` (at a progress step) the seeds' states and
-    histories go to :func:`checkpoint_path`; a job that finds its checkpoint continues from it. Since
-    chunks of ``ga_slt.advance`` reproduce one whole run exactly, a resumed job gives the same numbers
-    as an uninterrupted one (only its ``seconds`` include the time before the interruption)."""
+def seed_chunks(todo: Sequence[int], chunk: int | None) -> list[range]:
+    """Consecutive runs of the seeds in ``todo``, at most ``chunk`` long (``None``: as long as they go)."""
+    out: list[range] = []
+    for s in sorted(todo):
+        last = out[-1] if out else None
+        if last is not None and s == last.stop and (chunk is None or len(last) < chunk):
+            out[-1] = range(last.start, s + 1)
+        else:
+            out.append(range(s, s + 1))
+    return out
+
+
+def _drop_checkpoints(rundir: RunDir, job: str) -> None:
+    """Remove every checkpoint of ``job`` (whole-job and per-chunk ones)."""
+    stem = job.replace("/", "_")
+    for p in (rundir.path / "checkpoints").glob(f"{glob.escape(stem)}*.npz"):
+        if p.stem == stem or p.stem[len(stem) : len(stem) + 2] == "_s":
+            p.unlink(missing_ok=True)
+
+
+def _ga_job(
+    exp: SLTExperiment, label, sizes, variant, data, console, progress, rundir, checkpoint_seconds, seeds=None
+):
+    """Seeds ``seeds`` (default: all) of one GA job. Every ``checkpoint_seconds`` (at a progress step) the
+    seeds' states and histories go to :func:`checkpoint_path`; a job that finds its checkpoint continues
+    from it. Since chunks of ``ga_slt.advance`` reproduce one whole run exactly, a resumed job gives the
+    same numbers as an uninterrupted one (only its ``seconds`` include the time before the interruption),
+    and since seed s always gets the key ``fold_in(key(seed), s)``, so does a job run in seed chunks."""
     module = networks.make_network("mlp", sizes=sizes, weight_init="uniform")
     task = ga_slt.make_task(module, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes)
     cfg = exp.ga.replace(variant=variant)
-    keys = seed_keys(exp.seed, exp.seeds)
+    seeds = range(exp.seeds) if seeds is None else seeds
+    keys = seed_keys(exp.seed, exp.seeds)[seeds.start : seeds.stop]
+    n = len(seeds)
     split = jax.vmap(ga_slt.split_run_key)(keys)
     k_init, k_run = split
     t0 = time.time()
@@ -222,9 +250,10 @@ def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress, 
     state = init(k_init)
     hist = jax.vmap(lambda s: ga_slt.empty_history(task, cfg, s))(state)
     advance = jax.jit(_seed_map(lambda k, s, h, u: ga_slt.advance(k, s, h, task, cfg, u)))
-    job = progress.add_task(f"{label} {variant}", total=cfg.cap)
+    part = "" if n == exp.seeds else f" seeds {seeds.start}–{seeds.stop - 1}"
+    job = progress.add_task(f"{label} {variant}{part}", total=cfg.cap)
     until = 0
-    ckpt = checkpoint_path(rundir, f"{label}/{variant}")
+    ckpt = checkpoint_path(rundir, f"{label}/{variant}", None if n == exp.seeds else seeds)
     if ckpt.exists():
         (state, hist), meta = load_tree(ckpt, (state, hist))
         until = int(meta["until"])
@@ -238,7 +267,7 @@ def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress, 
         stopped = np.asarray(ga_slt.should_stop(state.generation, state.last_change, cfg))
         best = np.asarray(state.acc[:, 0])
         line = (
-            f"{label} {variant}: gen {int(gens.max())}, {int(stopped.sum())}/{exp.seeds} done, "
+            f"{label} {variant}{part}: gen {int(gens.max())}, {int(stopped.sum())}/{n} done, "
             f"best train acc {best.mean():.3f}"
         )
         progress.update(job, completed=int(gens.max()), description=line)
@@ -250,7 +279,12 @@ def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress, 
             save_tree(
                 ckpt,
                 (state, hist),
-                {"job": f"{label}/{variant}", "until": until, "seconds": time.time() - t0},
+                {
+                    "job": f"{label}/{variant}",
+                    "seeds": [seeds.start, seeds.stop],
+                    "until": until,
+                    "seconds": time.time() - t0,
+                },
             )
             saved_at = time.time()
     final = jax.vmap(lambda s: ga_slt.evaluate_final(s, task, cfg))(state)
@@ -262,21 +296,21 @@ def _ga_job(exp: SLTExperiment, label, sizes, variant, data, console, progress, 
             "job": f"{label}/{variant}",
             "arch": label,
             "method": variant,
-            "seed": s,
-            **{k: final[k][s].item() for k in final},
-            "seconds": seconds / exp.seeds,
+            "seed": seed,
+            **{k: final[k][i].item() for k in final},
+            "seconds": seconds / n,
         }
-        for s in range(exp.seeds)
+        for i, seed in enumerate(seeds)
     ]
     hist = {k: np.array(v) for k, v in hist.items()}
     for v in hist.values():
         if np.issubdtype(v.dtype, np.floating):
-            for s in range(exp.seeds):
-                v[s, int(gens[s]) :] = np.nan
+            for i in range(n):
+                v[i, int(gens[i]) :] = np.nan
     metrics = [
-        {"job": f"{label}/{variant}", "seed": s, **{k: hist[k][s, g].item() for k in hist}}
-        for s in range(exp.seeds)
-        for g in range(int(gens[s]))
+        {"job": f"{label}/{variant}", "seed": seed, **{k: hist[k][i, g].item() for k in hist}}
+        for i, seed in enumerate(seeds)
+        for g in range(int(gens[i]))
     ]
     return results, metrics
 
@@ -387,19 +421,28 @@ def run_experiment(
     console: Console | None = None,
     only: Sequence[str] | None = None,
     checkpoint_seconds: float = 60.0,
+    seed_chunk: int | None = None,
 ) -> Path:
     """Run every job of ``exp`` (skipping finished ones) and write the run directory; returns its path.
 
     ``only``: glob patterns over job names; jobs that match none are left for a later call into the same
     run directory (the split does not change the results: every job draws its keys from the config alone).
     ``checkpoint_seconds``: how often a running GA job saves its state (an interrupted job resumes from it).
+    ``seed_chunk``: run a GA job's seeds in chunks of this many and append each chunk's results as soon as
+    it finishes (a long job then leaves finished seeds behind; a later call runs only the missing seeds).
+    The numbers do not depend on it; ``None`` runs all seeds of a job at once.
     """
     checkpoint_seconds = check_number(checkpoint_seconds, "checkpoint_seconds", 0.0)
+    if seed_chunk is not None:
+        seed_chunk = int(check_number(seed_chunk, "seed_chunk", 1.0))
     console = console or Console()
     selected = job_selector(only)
     rundir = RunDir(out, exp.name, exp.resolved())
     console.print(f"[bold]slt[/] {exp.name}: {exp.dataset}, {exp.seeds} seeds → {rundir.path}")
-    done = {r["job"] for r in rundir.read("results.jsonl")}
+    seeds_done: dict[str, set[int]] = {}
+    for r in rundir.read("results.jsonl"):
+        seeds_done.setdefault(r["job"], set()).add(int(r["seed"]))
+    done = {j for j, got in seeds_done.items() if got >= set(range(exp.seeds))}
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         for classes, data_args, archs in exp.settings():
@@ -416,18 +459,32 @@ def run_experiment(
                     job = f"{label}/{variant}"
                     if job in done:
                         console.print(f"  {escape(job)}: finished earlier, skipped")
-                        checkpoint_path(rundir, job).unlink(
-                            missing_ok=True
-                        )  # left by a kill after the append
+                        _drop_checkpoints(rundir, job)  # left by a kill after the append
                         continue
                     if not selected(job):
                         continue
-                    results, metrics = _ga_job(
-                        exp, label, sizes, variant, data, console, progress, rundir, checkpoint_seconds
-                    )
-                    rundir.append("metrics.jsonl", metrics)
-                    rundir.append("results.jsonl", [{**r, **extra} for r in results])
-                    checkpoint_path(rundir, job).unlink(missing_ok=True)
+                    todo = sorted(set(range(exp.seeds)) - seeds_done.get(job, set()))
+                    if len(todo) < exp.seeds:
+                        console.print(f"  {escape(job)}: {exp.seeds - len(todo)} seeds finished earlier")
+                    chunks = seed_chunks(todo, seed_chunk)
+                    for chunk in chunks:
+                        whole = len(chunks) == 1 and len(chunk) == exp.seeds
+                        results, metrics = _ga_job(
+                            exp,
+                            label,
+                            sizes,
+                            variant,
+                            data,
+                            console,
+                            progress,
+                            rundir,
+                            checkpoint_seconds,
+                            None if whole else chunk,
+                        )
+                        rundir.append("metrics.jsonl", metrics)
+                        rundir.append("results.jsonl", [{**r, **extra} for r in results])
+                        checkpoint_path(rundir, job, None if whole else chunk).unlink(missing_ok=True)
+                    _drop_checkpoints(rundir, job)
                 if exp.backprop and f"{label}/backprop" not in done and selected(f"{label}/backprop"):
                     console.print(f"  {label}: backprop baseline …")
                     rows = _backprop_job(exp, label, sizes, data)
@@ -442,7 +499,11 @@ def run_experiment(
                         continue
                     # "matched": keep the mean density of ALL the config's GA variants on this arch
                     prior = [r for r in so_far if r["job"] in ga_jobs]
-                    missing = sorted(set(ga_jobs) - {r["job"] for r in prior})
+                    missing = [
+                        j
+                        for j in ga_jobs
+                        if {r["seed"] for r in prior if r["job"] == j} < set(range(exp.seeds))
+                    ]
                     if spec.get("kept_fraction") == "matched" and missing:
                         console.print(
                             f"  {escape(label)}/{escape(name)}: needs the GA results of "
