@@ -8,12 +8,15 @@ Reproduce (CPU, hours; GPU, minutes):
     es-lottery slt configs/slt/blobs_classes.yaml --out runs
     python scripts/slt_report.py --runs runs --out docs/results/slt.md
 
-Missing run directories are reported as missing in the document, never invented.
+Per-seed results are archived in docs/results/slt/data/ (committed), so the document can be rebuilt
+from the archive alone (``--runs`` pointing nowhere) and later sessions add jobs to it. Jobs that were
+never run are reported as missing, never invented.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 from datetime import date
@@ -46,19 +49,65 @@ BACKPROP_NOTE = (
     "(adam, lr 1e-3, batch 200, alpha 1e-4, early stopping on the training loss, ≤ 1000 epochs)."
 )
 DISCUSSION = Path(__file__).with_name("slt_discussion.md")  # hand-written, appended verbatim
+EARLIER = "2026-11-22"  # summaries of runs whose per-seed files were lost (data/summaries_<date>.json)
+GA_METHODS = ("ga", "adaptive_ab", "static_ab")
 
 
-def latest_run(runs: Path, name: str) -> Path | None:
+def latest_run(runs: Path | None, name: str) -> Path | None:
+    if runs is None or not runs.exists():
+        return None
     found = [p for p in runs.glob(f"{name}-*") if (p / "results.jsonl").exists()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in (path / "results.jsonl").read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    if path.suffix == ".gz":
+        with gzip.GzipFile(tmp, "wb", mtime=0) as f:  # mtime 0: unchanged data, unchanged bytes
+            f.write(body.encode())
+    else:
+        tmp.write_text(body)
+    tmp.replace(path)
+
+
+def collect(runs: Path | None, data: Path, name: str) -> tuple[list[dict], list[dict]]:
+    """Per-seed results and per-generation metrics of experiment ``name``: the archive in ``data``
+    (committed, so results outlive the machine they were computed on) merged with the latest run
+    directory of that name in ``runs``, whose rows win; the merged set is written back to the archive.
+    A run directory of another configuration (another hash) replaces the archive instead."""
+    meta_path = data / f"{name}.run.json"
+    res_path, met_path = data / f"{name}.results.jsonl", data / f"{name}.metrics.jsonl.gz"
+    archived = json.loads(meta_path.read_text())["run"] if meta_path.exists() else None
+    rows, metrics = read_jsonl(res_path), read_jsonl(met_path)
+    run = latest_run(runs, name)
+    if run is None:
+        return rows, metrics
+    if archived is not None and archived != run.name:
+        print(f"{name}: archive of {archived} replaced by {run.name} (another configuration)")
+        rows, metrics = [], []
+    new_rows = read_jsonl(run / "results.jsonl")
+    new_metrics = read_jsonl(run / "metrics.jsonl")
+    merged = {(r["job"], r["seed"]): r for r in rows}
+    merged.update({(r["job"], r["seed"]): r for r in new_rows})
+    merged_m = {(r["job"], r["seed"], r["generation"]): r for r in metrics}
+    merged_m.update({(r["job"], r["seed"], r["generation"]): r for r in new_metrics})
+    rows = sorted(merged.values(), key=lambda r: (r["job"], r["seed"]))
+    metrics = sorted(merged_m.values(), key=lambda r: (r["job"], r["seed"], r["generation"]))
+    data.mkdir(parents=True, exist_ok=True)
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
+    meta_path.write_text(json.dumps({"run": run.name, "config": config}, indent=1) + "\n")
+    write_jsonl(res_path, rows)
+    write_jsonl(met_path, metrics)
+    return rows, metrics
 
 
 def stats(values) -> tuple[float, float, float]:
@@ -66,49 +115,81 @@ def stats(values) -> tuple[float, float, float]:
     return float(np.nanmean(v)), float(np.nanmedian(v)), float(np.nanstd(v))
 
 
-def table_arch_method(rows: list[dict], dataset: str) -> list[str]:
+def aggregate(rows: list[dict], key: str) -> dict[tuple, dict]:
+    """(key value, method) → the summary of that job's per-seed rows."""
+    out = {}
+    for k, m in {(r[key], r["method"]) for r in rows}:
+        rs = [r for r in rows if r[key] == k and r["method"] == m]
+        mean, med, std = stats([r["test_acc"] for r in rs])
+        out[(k, m)] = {
+            "seeds": len(rs),
+            "test_acc_mean": mean,
+            "test_acc_median": med,
+            "test_acc_std": std,
+            "sparsity_mean": float(np.mean([r.get("sparsity", 0.0) for r in rs])),
+            "best_test_acc_mean": (
+                float(np.mean([r["best_test_acc"] for r in rs])) if "best_test_acc" in rs[0] else None
+            ),
+            "at_chance": sum(bool(r["at_chance"]) for r in rs) if "at_chance" in rs[0] else None,
+            "generations_mean": float(np.mean([r["generations"] for r in rs]))
+            if "generations" in rs[0]
+            else None,
+            "earlier": False,
+        }
+    return out
+
+
+def with_earlier(agg: dict[tuple, dict], earlier: list[dict], dataset: str, key: str) -> dict[tuple, dict]:
+    """Add the 2026-11-22 summaries of jobs that have fewer per-seed rows than they had (marked †)."""
+    out = dict(agg)
+    for e in earlier:
+        if e["dataset"] != dataset:
+            continue
+        k = (e[key], e["method"])
+        if k not in out or out[k]["seeds"] < e["seeds"]:
+            out[k] = {**e, "earlier": True}
+    return out
+
+
+def _fmt(x, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def table_arch_method(agg: dict[tuple, dict], dataset: str) -> list[str]:
     out = [
         "| arch | method | seeds | test acc mean | median | std | best-in-pop test acc (mean) "
         "| sparsity mean | paper GA sparsity | at chance | gens (mean) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    archs = sorted({r["arch"] for r in rows}, key=natural_key)
-    for a in archs:
-        methods = sorted({r["method"] for r in rows if r["arch"] == a}, key=method_key)
-        for m in methods:
-            rs = [r for r in rows if r["arch"] == a and r["method"] == m]
-            mean, med, std = stats([r["test_acc"] for r in rs])
-            sp = np.mean([r.get("sparsity", 0.0) for r in rs])
-            best = f"{np.mean([r['best_test_acc'] for r in rs]):.4f}" if "best_test_acc" in rs[0] else "–"
-            paper = PAPER_SPARSITY_GA.get(dataset, {}).get(a) if m == "ga" else None
-            chance = f"{sum(bool(r['at_chance']) for r in rs)}" if "at_chance" in rs[0] else "–"
-            gens = f"{np.mean([r['generations'] for r in rs]):.0f}" if "generations" in rs[0] else "–"
-            out.append(
-                f"| {a} | {m} | {len(rs)} | {mean:.4f} | {med:.4f} | {std:.4f} | {best} | {sp:.3f} | "
-                f"{'–' if paper is None else f'{paper:.3f}'} | {chance} | {gens} |"
-            )
+    for a, m in sorted(agg, key=lambda k: (natural_key(k[0]), method_key(k[1]))):
+        e = agg[(a, m)]
+        paper = PAPER_SPARSITY_GA.get(dataset, {}).get(a) if m == "ga" else None
+        out.append(
+            f"| {a} | {m} | {e['seeds']}{' †' if e['earlier'] else ''} | {e['test_acc_mean']:.4f} | "
+            f"{e['test_acc_median']:.4f} | {e['test_acc_std']:.4f} | "
+            f"{_fmt(e['best_test_acc_mean'], '.4f')} | "
+            f"{e['sparsity_mean']:.3f} | {_fmt(paper, '.3f')} | {_fmt(e['at_chance'], 'd')} | "
+            f"{_fmt(e['generations_mean'], '.0f')} |"
+        )
     return out
 
 
-def table_classes(rows: list[dict]) -> list[str]:
+def table_classes(agg: dict[tuple, dict]) -> list[str]:
     out = [
         "| classes | method | seeds | test acc mean | median | std | sparsity mean |",
         "|---|---|---|---|---|---|---|",
     ]
-    for k in sorted({int(r["classes"]) for r in rows}):
-        for m in sorted({r["method"] for r in rows if int(r["classes"]) == k}, key=method_key):
-            rs = [r for r in rows if int(r["classes"]) == k and r["method"] == m]
-            mean, med, std = stats([r["test_acc"] for r in rs])
-            sp = np.mean([r.get("sparsity", 0.0) for r in rs])
-            out.append(f"| {k} | {m} | {len(rs)} | {mean:.4f} | {med:.4f} | {std:.4f} | {sp:.3f} |")
+    for k, m in sorted(agg, key=lambda k: (int(k[0]), method_key(k[1]))):
+        e = agg[(k, m)]
+        out.append(
+            f"| {k} | {m} | {e['seeds']}{' †' if e['earlier'] else ''} | {e['test_acc_mean']:.4f} | "
+            f"{e['test_acc_median']:.4f} | {e['test_acc_std']:.4f} | {e['sparsity_mean']:.3f} |"
+        )
     return out
 
 
-def make_plots(run: Path, rows: list[dict], dest: Path, prefix: str, by_classes: bool) -> list[str]:
-    """Draw the run's plots from its results / metrics (also for runs that are still going)."""
-    metrics = []
-    if (run / "metrics.jsonl").exists():
-        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+def make_plots(rows: list[dict], metrics: list[dict], dest: Path, prefix: str, by_classes: bool) -> list[str]:
+    """Draw the experiment's plots from its per-seed results / metrics (also while it is incomplete)."""
     hists = slt.histories_from_metrics(metrics) if metrics else {}
     paths = slt.write_plots(dest / prefix, prefix, rows, hists, by_classes=by_classes)
     names = []
@@ -120,13 +201,44 @@ def make_plots(run: Path, rows: list[dict], dest: Path, prefix: str, by_classes:
     return names
 
 
+def figures(rows, metrics, agg, fig_dir: Path, dataset: str, by_classes: bool) -> list[str]:
+    """Markdown image lines: the plots of the per-seed data, and for jobs known only from the earlier
+    summaries (†) the figures drawn from their per-seed data back then."""
+    pngs = make_plots(rows, metrics, fig_dir, dataset, by_classes) if rows else []
+    if by_classes:
+        pngs = [p for p in pngs if "classes" in p]
+    lines = [f"![{p}](slt/{p})" for p in pngs]
+    earlier = [k for k, e in agg.items() if e["earlier"]]
+    if earlier:
+        old = []
+        if not by_classes:  # Fig. 4 curves of † GA jobs, kept from their own run
+            old += [f"{dataset}_curves_{a}_{m}.png" for a, m in sorted(earlier) if m in GA_METHODS]
+        kinds = ("acc_vs_classes",) if by_classes else ("box_test_acc", "acc_vs_sparsity")
+        old += [f"{dataset}_{k}_{EARLIER}.png" for k in kinds]
+        old = [p for p in old if (fig_dir / p).exists() and p not in pngs]
+        if old:
+            note = f"Figures drawn on {EARLIER} from the per-seed data of that day's runs (the † rows):"
+            lines += [*([""] if lines else []), note, ""]
+            lines += [f"![{p}](slt/{p})" for p in old]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs", type=Path)
+    parser.add_argument("--runs", default="runs", type=Path, help="run directories to add to the archive")
     parser.add_argument("--out", default="docs/results/slt.md", type=Path)
+    parser.add_argument(
+        "--data",
+        default=None,
+        type=Path,
+        help="the committed per-seed archive (default: <out dir>/slt/data)",
+    )
     args = parser.parse_args()
     out: Path = args.out
     fig_dir = out.parent / "slt"
+    data: Path = args.data or fig_dir / "data"
+    summaries = data / f"summaries_{EARLIER}.json"
+    earlier = json.loads(summaries.read_text())["jobs"] if summaries.exists() else []
     lines = [
         "# Strong lottery tickets by GA — reproduction of Altmann et al. (2024)",
         "",
@@ -157,31 +269,34 @@ def main() -> None:
         "* backprop reimplements sklearn's MLPClassifier in JAX (float32, two softmax outputs instead of one",
         "  logistic output for 2 classes); edge-popup's cosine schedule decays per step, not per epoch.",
         "",
+        "Every per-seed result and per-generation metric behind this page is kept in",
+        f"`{data}/<experiment>.results.jsonl` / `.metrics.jsonl.gz`, so the page can be rebuilt without the",
+        "run directories (`--runs` adds new ones to that archive). Rows marked † are the summaries of the",
+        f"{EARLIER} runs, whose per-seed files were lost with that machine before the archive existed",
+        f"(`{summaries.name}`); they give way to per-seed rows as the jobs are run again.",
+        "",
         "A job listed below with fewer than 25 seeds, or an architecture that is missing, has not been run",
         "yet; nothing here is extrapolated.",
         "",
     ]
     for dataset, name in (("moons", "moons_ga"), ("circles", "circles_ga")):
-        run = latest_run(args.runs, name)
+        rows, metrics = collect(args.runs, data, name)
+        agg = with_earlier(aggregate(rows, "arch"), earlier, dataset, "arch")
         lines += [f"## {dataset}: architectures A–D", ""]
-        if run is None:
+        if not agg:
             lines += [f"_Not run yet: `es-lottery slt configs/slt/{dataset}.yaml --out {args.runs}`._", ""]
             continue
-        rows = read_rows(run)
-        lines += [*table_arch_method(rows, dataset), "", PAPER_NOTES[dataset], ""]
-        for png in make_plots(run, rows, fig_dir, dataset, by_classes=False):
-            lines.append(f"![{png}](slt/{png})")
-        lines.append("")
+        lines += [*table_arch_method(agg, dataset), "", PAPER_NOTES[dataset], ""]
+        lines += [*figures(rows, metrics, agg, fig_dir, dataset, by_classes=False), ""]
     for dataset, name in (("digits", "digits_classes"), ("blobs", "blobs_classes")):
-        run = latest_run(args.runs, name)
+        rows, metrics = collect(args.runs, data, name)
+        agg = with_earlier(aggregate(rows, "classes"), earlier, dataset, "classes")
         lines += [f"## {dataset}: accuracy against the number of classes", ""]
-        if run is None:
+        if not agg:
             lines += [f"_Not run yet: `es-lottery slt configs/slt/{name}.yaml --out {args.runs}`._", ""]
             continue
-        rows = read_rows(run)
-        lines += [*table_classes(rows), "", PAPER_CLASSES.get(dataset, ""), "", BACKPROP_NOTE, ""]
-        pngs = make_plots(run, rows, fig_dir, dataset, by_classes=True)
-        lines += [f"![{p}](slt/{p})" for p in pngs if "classes" in p] + [""]
+        lines += [*table_classes(agg), "", PAPER_CLASSES.get(dataset, ""), "", BACKPROP_NOTE, ""]
+        lines += [*figures(rows, metrics, agg, fig_dir, dataset, by_classes=True), ""]
     if DISCUSSION.exists():
         lines += [DISCUSSION.read_text().rstrip(), ""]
     out.parent.mkdir(parents=True, exist_ok=True)

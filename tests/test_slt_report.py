@@ -1,0 +1,82 @@
+"""scripts/slt_report.py: the committed per-seed archive and the summaries of lost runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slt_report.py"
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("slt_report", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(root: Path, name: str, rows: list[dict], metrics: list[dict]) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    (d / "config.json").write_text(json.dumps({"name": name.split("-")[0]}))
+    return d
+
+
+def _row(job, seed, acc):
+    arch, method = job.split("/")
+    return {"job": job, "arch": arch, "method": method, "seed": seed, "test_acc": acc, "sparsity": 0.5}
+
+
+def test_archive_keeps_rows_of_earlier_sessions_and_new_runs_win(report, tmp_path):
+    data = tmp_path / "data"
+    first = _run(
+        tmp_path / "s1",
+        "moons_ga-aaaa",
+        [_row("D/ga", 0, 0.9), _row("D/ga", 1, 0.8)],
+        [{"job": "D/ga", "seed": 0, "generation": 1, "best_acc": 0.7}],
+    )
+    rows, metrics = report.collect(first.parent, data, "moons_ga")
+    assert [(r["job"], r["seed"]) for r in rows] == [("D/ga", 0), ("D/ga", 1)] and len(metrics) == 1
+
+    # a later session: its run directory holds only a new job and a re-run seed; the archive the rest
+    second = _run(
+        tmp_path / "s2",
+        "moons_ga-aaaa",
+        [_row("D/ga", 1, 0.85), _row("D/backprop", 0, 1.0)],
+        [{"job": "D/ga", "seed": 0, "generation": 2, "best_acc": 0.75}],
+    )
+    rows, metrics = report.collect(second.parent, data, "moons_ga")
+    got = {(r["job"], r["seed"]): r["test_acc"] for r in rows}
+    assert got == {("D/ga", 0): 0.9, ("D/ga", 1): 0.85, ("D/backprop", 0): 1.0}
+    assert [m["generation"] for m in metrics] == [1, 2]
+    # rebuilt from the archive alone: the same rows
+    assert report.collect(None, data, "moons_ga")[0] == rows
+
+    # a run of another configuration replaces the archive instead of mixing with it
+    other = _run(tmp_path / "s3", "moons_ga-bbbb", [_row("A/ga", 0, 0.7)], [])
+    rows, metrics = report.collect(other.parent, data, "moons_ga")
+    assert [(r["job"], r["seed"]) for r in rows] == [("A/ga", 0)] and metrics == []
+
+
+def test_summaries_of_lost_runs_fill_only_jobs_with_fewer_seeds(report):
+    per_seed = [_row("D/ga", s, acc) for s, acc in enumerate([0.6, 0.8, 1.0])]
+    agg = report.aggregate(per_seed, "arch")
+    assert agg[("D", "ga")]["seeds"] == 3
+    assert agg[("D", "ga")]["test_acc_mean"] == pytest.approx(0.8)
+    assert agg[("D", "ga")]["test_acc_std"] == pytest.approx((0.08 / 3) ** 0.5)
+    earlier = [
+        {"dataset": "moons", "arch": "D", "method": "ga", "seeds": 25, "test_acc_mean": 0.99},
+        {"dataset": "moons", "arch": "A", "method": "ga", "seeds": 2, "test_acc_mean": 0.93},
+        {"dataset": "circles", "arch": "C", "method": "ga", "seeds": 25, "test_acc_mean": 0.88},
+    ]
+    merged = report.with_earlier(agg, earlier, "moons", "arch")
+    assert merged[("D", "ga")]["earlier"] and merged[("D", "ga")]["test_acc_mean"] == 0.99  # 3 < 25 seeds
+    assert merged[("A", "ga")]["earlier"] and ("C", "ga") not in merged
+    full = report.aggregate([_row("D/ga", s, 0.9) for s in range(25)], "arch")
+    assert not report.with_earlier(full, earlier, "moons", "arch")[("D", "ga")]["earlier"]
