@@ -16,9 +16,10 @@ Config (``configs/slt/*.yaml``)::
                               # "matched" = mean density of the config's GA variants on that arch
     progress_every: 10        # generations between progress updates
 
-Each (arch, method) is a job; all seeds of a job run at once (``vmap``). Finished jobs are skipped when
-the same config is run again into the same output directory, and a GA job that was interrupted resumes
-from its last checkpoint (``checkpoints/`` in the run directory, written about once a minute).
+Each (arch, method) is a job; all seeds of a job run at once (``vmap``), or ``seed_chunk`` of them at a
+time, each chunk's results recorded as it finishes. Finished jobs (and seeds) are skipped when the same
+config is run again into the same output directory, and a GA job that was interrupted resumes from its
+last checkpoint (``checkpoints/`` in the run directory, written about once a minute).
 """
 
 from __future__ import annotations
