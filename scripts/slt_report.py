@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from es_lottery.experiments import slt
+from es_lottery.experiments.rundir import load_yaml
 from es_lottery.plots import method_key, natural_key
 
 # Altmann et al. (2024), as collected in REFERENCE.md §1 (≈: read off plots)
@@ -103,7 +104,7 @@ def collect(runs: Path | None, data: Path, name: str) -> tuple[list[dict], list[
     rows = sorted(merged.values(), key=lambda r: (r["job"], r["seed"]))
     metrics = sorted(merged_m.values(), key=lambda r: (r["job"], r["seed"], r["generation"]))
     data.mkdir(parents=True, exist_ok=True)
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
+    config = load_yaml(run / "config.yaml") if (run / "config.yaml").exists() else None
     meta_path.write_text(json.dumps({"run": run.name, "config": config}, indent=1) + "\n")
     write_jsonl(res_path, rows)
     write_jsonl(met_path, metrics)

@@ -24,7 +24,7 @@ def _run(root: Path, name: str, rows: list[dict], metrics: list[dict]) -> Path:
     d.mkdir(parents=True)
     (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    (d / "config.json").write_text(json.dumps({"name": name.split("-")[0]}))
+    (d / "config.yaml").write_text(f"name: {name.split('-')[0]}\nseeds: 2\n")
     return d
 
 
@@ -43,6 +43,8 @@ def test_archive_keeps_rows_of_earlier_sessions_and_new_runs_win(report, tmp_pat
     )
     rows, metrics = report.collect(first.parent, data, "moons_ga")
     assert [(r["job"], r["seed"]) for r in rows] == [("D/ga", 0), ("D/ga", 1)] and len(metrics) == 1
+    meta = json.loads((data / "moons_ga.run.json").read_text())
+    assert meta == {"run": "moons_ga-aaaa", "config": {"name": "moons_ga", "seeds": 2}}
 
     # a later session: its run directory holds only a new job and a re-run seed; the archive the rest
     second = _run(
