@@ -231,9 +231,9 @@ def _drop_checkpoints(rundir: RunDir, job: str) -> None:
 
 
 def _ga_job(
-    exp: SLTExperiment, label, sizes, variant, data, console, progress, rundir, checkpoint_seconds, seeds=None
+    exp: SLTExperiment, label, sizes, variant, data, console, progress, rundir, checkpoint_seconds, seeds
 ):
-    """Seeds ``seeds`` (default: all) of one GA job. Every ``checkpoint_seconds`` (at a progress step) the
+    """Seeds ``seeds`` of one GA job. Every ``checkpoint_seconds`` (at a progress step) the
     seeds' states and histories go to :func:`checkpoint_path`; a job that finds its checkpoint continues
     from it. Since chunks of ``ga_slt.advance`` reproduce one whole run exactly, a resumed job gives the
     same numbers as an uninterrupted one (only its ``seconds`` include the time before the interruption),
@@ -241,7 +241,6 @@ def _ga_job(
     module = networks.make_network("mlp", sizes=sizes, weight_init="uniform")
     task = ga_slt.make_task(module, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes)
     cfg = exp.ga.replace(variant=variant)
-    seeds = range(exp.seeds) if seeds is None else seeds
     keys = seed_keys(exp.seed, exp.seeds)[seeds.start : seeds.stop]
     n = len(seeds)
     split = jax.vmap(ga_slt.split_run_key)(keys)
@@ -254,7 +253,7 @@ def _ga_job(
     part = "" if n == exp.seeds else f" seeds {seeds.start}–{seeds.stop - 1}"
     job = progress.add_task(f"{label} {variant}{part}", total=cfg.cap)
     until = 0
-    ckpt = checkpoint_path(rundir, f"{label}/{variant}", None if n == exp.seeds else seeds)
+    ckpt = checkpoint_path(rundir, f"{label}/{variant}", None if not part else seeds)
     if ckpt.exists():
         (state, hist), meta = load_tree(ckpt, (state, hist))
         until = int(meta["until"])
@@ -469,7 +468,6 @@ def run_experiment(
                         console.print(f"  {escape(job)}: {exp.seeds - len(todo)} seeds finished earlier")
                     chunks = seed_chunks(todo, seed_chunk)
                     for chunk in chunks:
-                        whole = len(chunks) == 1 and len(chunk) == exp.seeds
                         results, metrics = _ga_job(
                             exp,
                             label,
@@ -480,11 +478,10 @@ def run_experiment(
                             progress,
                             rundir,
                             checkpoint_seconds,
-                            None if whole else chunk,
+                            chunk,
                         )
                         rundir.append("metrics.jsonl", metrics)
                         rundir.append("results.jsonl", [{**r, **extra} for r in results])
-                        checkpoint_path(rundir, job, None if whole else chunk).unlink(missing_ok=True)
                     _drop_checkpoints(rundir, job)
                 if exp.backprop and f"{label}/backprop" not in done and selected(f"{label}/backprop"):
                     console.print(f"  {label}: backprop baseline …")
