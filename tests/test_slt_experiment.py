@@ -85,6 +85,10 @@ def test_histories_from_metrics_roundtrip():
     assert np.isnan(h["best_acc"][0, 3:]).all() and np.isfinite(h["best_acc"][0, :3]).all()
 
 
+class Killed(Exception):
+    """Stands for a kill of the process at a chosen point of a run."""
+
+
 def _rows(file):
     return [json.loads(x) for x in file.read_text().splitlines()]
 
@@ -164,9 +168,6 @@ def test_interrupted_ga_job_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     quiet = Console(file=io.StringIO(), width=150)
     whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
 
-    class Killed(Exception):
-        pass
-
     real_save = slt.save_tree
     saved = []
 
@@ -228,9 +229,6 @@ def test_a_job_run_in_seed_chunks_keeps_finished_seeds_and_gives_the_same_number
     exp = slt.parse_config({**TINY, "seeds": 3})
     quiet = Console(file=io.StringIO(), width=150)
     whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
-
-    class Killed(Exception):
-        pass
 
     real_job = slt._ga_job
     calls = []
