@@ -10,7 +10,8 @@ Reproduce (CPU, hours; GPU, minutes):
 
 Per-seed results are archived in docs/results/slt/data/ (committed), so the document can be rebuilt
 from the archive alone (``--runs`` pointing nowhere) and later sessions add jobs to it. Jobs that were
-never run are reported as missing, never invented.
+never run are reported as missing, never invented. On a fresh machine, ``--restore`` writes the archive
+back into ``runs/`` first, so that ``es-lottery slt`` continues with the jobs and seeds still missing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from es_lottery.experiments import slt
 from es_lottery.experiments.rundir import load_yaml
@@ -109,6 +111,32 @@ def collect(runs: Path | None, data: Path, name: str) -> tuple[list[dict], list[
     write_jsonl(res_path, rows)
     write_jsonl(met_path, metrics)
     return rows, metrics
+
+
+def restore(runs: Path, data: Path, name: str) -> int:
+    """Write the archived rows of experiment ``name`` back into its run directory under ``runs`` (the
+    one named in ``<name>.run.json``), so that ``es-lottery slt`` on a fresh machine skips the jobs and
+    seeds the archive already holds. Rows the run directory has are kept; returns how many result rows
+    were added (0 when nothing is archived)."""
+    meta_path = data / f"{name}.run.json"
+    if not meta_path.exists():
+        return 0
+    meta = json.loads(meta_path.read_text())
+    run = runs / meta["run"]
+    run.mkdir(parents=True, exist_ok=True)
+    if meta.get("config") is not None and not (run / "config.yaml").exists():
+        (run / "config.yaml").write_text(yaml.safe_dump(meta["config"], sort_keys=False))
+    added = 0
+    for fname, archive, key in (
+        ("results.jsonl", data / f"{name}.results.jsonl", ("job", "seed")),
+        ("metrics.jsonl", data / f"{name}.metrics.jsonl.gz", ("job", "seed", "generation")),
+    ):
+        have = {tuple(r[k] for k in key) for r in read_jsonl(run / fname)}
+        new = [r for r in read_jsonl(archive) if tuple(r[k] for k in key) not in have]
+        with (run / fname).open("a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in new)
+        added += len(new) if fname == "results.jsonl" else 0
+    return added
 
 
 def stats(values) -> tuple[float, float, float]:
@@ -234,10 +262,22 @@ def main() -> None:
         type=Path,
         help="the committed per-seed archive (default: <out dir>/slt/data)",
     )
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="write the archive's per-seed rows back into run directories under --runs (for a fresh "
+        "machine: es-lottery slt then skips what is archived) and exit",
+    )
     args = parser.parse_args()
     out: Path = args.out
     fig_dir = out.parent / "slt"
     data: Path = args.data or fig_dir / "data"
+    if args.restore:
+        for meta in sorted(data.glob("*.run.json")):
+            name = meta.name.removesuffix(".run.json")
+            n = restore(args.runs, data, name)
+            print(f"{name}: {n} archived result rows written to {args.runs / json.loads(meta.read_text())['run']}")
+        return
     summaries = data / f"summaries_{EARLIER}.json"
     earlier = json.loads(summaries.read_text())["jobs"] if summaries.exists() else []
     lines = [

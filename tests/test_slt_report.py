@@ -82,3 +82,62 @@ def test_summaries_of_lost_runs_fill_only_jobs_with_fewer_seeds(report):
     assert merged[("A", "ga")]["earlier"] and ("C", "ga") not in merged
     full = report.aggregate([_row("D/ga", s, 0.9) for s in range(25)], "arch")
     assert not report.with_earlier(full, earlier, "moons", "arch")[("D", "ga")]["earlier"]
+
+
+def test_restore_writes_the_archive_back_into_its_run_directory(report, tmp_path):
+    data = tmp_path / "data"
+    run = _run(
+        tmp_path / "s1",
+        "moons_ga-aaaa",
+        [_row("D/ga", 0, 0.9), _row("D/ga", 1, 0.8)],
+        [{"job": "D/ga", "seed": s, "generation": g, "best_acc": 0.5} for s in (0, 1) for g in (1, 2)],
+    )
+    report.collect(run.parent, data, "moons_ga")
+    assert report.restore(tmp_path / "fresh", data, "circles_ga") == 0  # nothing archived: nothing made
+    assert not (tmp_path / "fresh").exists()
+
+    # a fresh machine whose run directory holds one re-run seed already: that row is kept, the rest added
+    fresh = tmp_path / "fresh" / "moons_ga-aaaa"
+    fresh.mkdir(parents=True)
+    (fresh / "results.jsonl").write_text(json.dumps(_row("D/ga", 1, 0.85)) + "\n")
+    assert report.restore(tmp_path / "fresh", data, "moons_ga") == 1
+    got = {(r["seed"], r["test_acc"]) for r in report.read_jsonl(fresh / "results.jsonl")}
+    assert got == {(0, 0.9), (1, 0.85)}
+    assert len(report.read_jsonl(fresh / "metrics.jsonl")) == 4
+    assert report.load_yaml(fresh / "config.yaml") == {"name": "moons_ga", "seeds": 2}
+    assert report.restore(tmp_path / "fresh", data, "moons_ga") == 0  # a second restore adds nothing
+    assert len(report.read_jsonl(fresh / "results.jsonl")) == 2
+
+
+def test_slt_on_a_restored_run_directory_skips_the_archived_jobs(report, tmp_path):
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from es_lottery.experiments import slt
+
+    config = {
+        "name": "tiny",
+        "dataset": "moons",
+        "dataset_args": {"n_train": 600, "n_test": 200},
+        "archs": {"A": [2, 8, 2]},
+        "variants": ["ga"],
+        "seeds": 2,
+        "ga": {"pop_size": 6, "min_generations": 3, "patience": 2},
+        "progress_every": 3,
+        "backprop": False,
+    }
+    exp = slt.parse_config(config)
+    quiet = Console(file=io.StringIO(), width=150)
+    path = slt.run_experiment(exp, out=tmp_path / "runs", console=quiet)
+    before = report.read_jsonl(path / "results.jsonl")
+    data = tmp_path / "data"
+    report.collect(tmp_path / "runs", data, "tiny")
+    shutil.rmtree(tmp_path / "runs")  # the machine is replaced; the committed archive remains
+
+    assert report.restore(tmp_path / "runs", data, "tiny") == 2
+    log = Console(file=io.StringIO(), width=150)
+    assert slt.run_experiment(exp, out=tmp_path / "runs", console=log) == path
+    assert "A/ga: finished earlier, skipped" in log.file.getvalue()
+    assert report.read_jsonl(path / "results.jsonl") == before
