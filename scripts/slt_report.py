@@ -276,7 +276,8 @@ def main() -> None:
         for meta in sorted(data.glob("*.run.json")):
             name = meta.name.removesuffix(".run.json")
             n = restore(args.runs, data, name)
-            print(f"{name}: {n} archived result rows written to {args.runs / json.loads(meta.read_text())['run']}")
+            run = args.runs / json.loads(meta.read_text())["run"]
+            print(f"{name}: {n} archived result rows written to {run}")
         return
     summaries = data / f"summaries_{EARLIER}.json"
     earlier = json.loads(summaries.read_text())["jobs"] if summaries.exists() else []
