@@ -33,12 +33,33 @@ TINY = {
         ({"bogus": 1}, "slt.bogus"),
         ({"archs": {"A": [2, "k", 2]}}, "class_counts"),
         ({"edge_popup": [{"kept_fraction": 0}]}, "edge_popup[0].kept_fraction"),
+        ({"edge_popup": [{"kept_fraction": "best"}]}, "edge_popup[0].kept_fraction"),
+        ({"variants": [], "edge_popup": [{"kept_fraction": "matched_best"}]}, "edge_popup[0].kept_fraction"),
         ({"class_counts": [2, 3]}, "class_counts"),  # moons has no class-count sweep
     ],
 )
 def test_bad_configs_name_the_field(patch, field):
     with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
         slt.parse_config({**TINY, **patch})
+
+
+def test_matched_kept_fractions_against_hand_computed_values():
+    rows = [
+        {"job": "A/ga", "test_acc": 0.90, "sparsity": 0.60},
+        {"job": "A/ga", "test_acc": 0.80, "sparsity": 0.70},  # GA: acc 0.85, sparsity 0.65
+        {"job": "A/adaptive_ab", "test_acc": 0.95, "sparsity": 0.40},
+        {"job": "A/adaptive_ab", "test_acc": 0.85, "sparsity": 0.50},  # AB: acc 0.90, sparsity 0.45
+        {"job": "B/ga", "test_acc": 1.0, "sparsity": 0.99},  # another arch: ignored
+    ]
+    jobs = ["A/ga", "A/adaptive_ab"]
+    # mean over all four A rows: sparsity 0.55 → kept 0.45; the more accurate variant is AB: kept 0.55
+    assert slt.matched_kept_fraction("matched", rows, jobs) == pytest.approx(0.45)
+    assert slt.matched_kept_fraction("matched_best", rows, jobs) == pytest.approx(0.55)
+    tie = [{**r, "test_acc": 0.5} for r in rows]  # a tie goes to the first variant listed (GA: 0.65)
+    assert slt.matched_kept_fraction("matched_best", tie, jobs) == pytest.approx(0.35)
+    assert slt.matched_kept_fraction("matched_best", tie, jobs[::-1]) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="none found"):
+        slt.matched_kept_fraction("matched", rows, ["C/ga"])
 
 
 def test_run_directory_and_skip_on_rerun(tmp_path):
@@ -97,15 +118,25 @@ def _results(path):
     return _rows(path / "results.jsonl")
 
 
-def test_only_splits_jobs_without_changing_results(tmp_path):
+def test_only_splits_jobs_without_changing_results(tmp_path, monkeypatch):
     cfg = {
         **TINY,
         "variants": ["ga", "static_ab"],
-        "edge_popup": [{"kept_fraction": "matched", "epochs": 2}],
+        "edge_popup": [
+            {"kept_fraction": "matched", "epochs": 2},
+            {"kept_fraction": "matched_best", "epochs": 2},
+        ],
         "seeds": 1,
     }
     exp = slt.parse_config(cfg)
     quiet = Console(file=io.StringIO(), width=150)
+    kept, real_job = {}, slt._edge_popup_job
+
+    def recording_job(exp, label, sizes, data, spec, matched):
+        kept[spec["kept_fraction"]] = matched
+        return real_job(exp, label, sizes, data, spec, matched)
+
+    monkeypatch.setattr(slt, "_edge_popup_job", recording_job)
     whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
 
     # first only the static-AB job and the matched edge-popup; the latter needs the GA's sparsity first
@@ -125,6 +156,11 @@ def test_only_splits_jobs_without_changing_results(tmp_path):
         )
 
     assert key(_results(split)) == key(_results(whole))  # same jobs, same numbers, any order of calls
+    rows = {r["method"]: r for r in _results(whole)}  # one seed: a job's mean is its one row
+    best = max(("ga", "static_ab"), key=lambda m: rows[m]["test_acc"])
+    assert rows["ga"]["sparsity"] != rows["static_ab"]["sparsity"]  # else the two rules agree
+    assert kept["matched"] == pytest.approx(1 - (rows["ga"]["sparsity"] + rows["static_ab"]["sparsity"]) / 2)
+    assert kept["matched_best"] == pytest.approx(1 - rows[best]["sparsity"])
     assert {p.name for p in (split / "plots").glob("curves_*.png")} == {
         "curves_A_ga.png",
         "curves_A_static_ab.png",

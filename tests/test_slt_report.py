@@ -141,3 +141,50 @@ def test_slt_on_a_restored_run_directory_skips_the_archived_jobs(report, tmp_pat
     assert slt.run_experiment(exp, out=tmp_path / "runs", console=log) == path
     assert "A/ga: finished earlier, skipped" in log.file.getvalue()
     assert report.read_jsonl(path / "results.jsonl") == before
+
+
+def test_extra_edge_popup_joins_the_config_run_directory_with_the_papers_matched_rule(tmp_path, monkeypatch):
+    import sys
+
+    import yaml
+
+    from es_lottery.experiments import slt
+    from es_lottery.experiments.rundir import RunDir
+
+    spec = importlib.util.spec_from_file_location(
+        "slt_edge_popup_extra", SCRIPT.with_name("slt_edge_popup_extra.py")
+    )
+    extra = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extra)
+    cfg = {
+        "name": "tiny",
+        "dataset": "moons",
+        "dataset_args": {"n_train": 600, "n_test": 200},
+        "archs": {"A": [2, 20, 2]},
+        "variants": ["ga", "adaptive_ab"],
+        "seeds": 2,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = RunDir(tmp_path / "runs", "tiny", slt.parse_config(cfg).resolved())
+    # hand-made GA rows: GA acc 0.85 at sparsity 0.65, adaptive AB 0.90 at 0.45 → the rule keeps 0.55
+    ga = [("ga", 0, 0.9, 0.6), ("ga", 1, 0.8, 0.7), ("adaptive_ab", 0, 0.95, 0.4)]
+    rows = [
+        {"job": f"A/{m}", "arch": "A", "method": m, "seed": s, "test_acc": a, "sparsity": sp}
+        for m, s, a, sp in ga
+    ]
+    run.append("results.jsonl", rows)
+    argv = ["x", str(path), "--archs", "A", "--epochs", "1", "--out", str(tmp_path / "runs")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="needs every seed of A/adaptive_ab"):
+        extra.main()
+    run.append("results.jsonl", [{**rows[2], "seed": 1, "test_acc": 0.85, "sparsity": 0.5}])
+    extra.main()
+    new = [r for r in run.read("results.jsonl") if r["method"] == "edge_popup[uniform,k=matched_best]"]
+    assert sorted(r["seed"] for r in new) == [0, 1]
+    assert all(r["sparsity"] == pytest.approx(0.45) and 0 <= r["test_acc"] <= 1 for r in new)
+    extra.main()  # finished: nothing appended
+    assert len(run.read("results.jsonl")) == 4 + 2
+    monkeypatch.setattr(sys, "argv", [*argv[:3], "Z"])
+    with pytest.raises(SystemExit, match="not in"):
+        extra.main()

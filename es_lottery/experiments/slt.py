@@ -12,8 +12,10 @@ Config (``configs/slt/*.yaml``)::
     seed: 0                   # seed s: key fold_in(key(seed), s), the same frozen weights for every variant
     ga: {}                    # GAConfig overrides (pop_size, rates, fitness, …)
     backprop: true            # the tuned MLPClassifier-style baseline (paper settings for moons/circles)
-    edge_popup: []            # list of {weight_init, kept_fraction (number or "matched"), epochs};
-                              # "matched" = mean density of the config's GA variants on that arch
+    edge_popup: []            # list of {weight_init, kept_fraction (number, "matched" or "matched_best"),
+                              # epochs}; "matched" = mean density of the config's GA variants on that
+                              # arch; "matched_best" = mean density of the variant with the higher mean
+                              # test accuracy there (the paper's Fig. 6 rule)
     progress_every: 10        # generations between progress updates
 
 Each (arch, method) is a job; all seeds of a job run at once (``vmap``), or ``seed_chunk`` of them at a
@@ -71,6 +73,7 @@ TOP_KEYS = (
 )
 CLASS_COUNT_ARG = {"digits": "classes", "blobs": "k"}
 EDGE_POPUP_KEYS = ("weight_init", "kept_fraction", "epochs", "scale_init", "batch_size")
+MATCHED = ("matched", "matched_best")  # kept fractions taken from the GA's results on the same arch
 
 DEFAULT_CONFIG = {
     "name": "quickstart_moons_B",
@@ -154,8 +157,14 @@ def parse_config(data: dict, seeds: int | None = None) -> SLTExperiment:
     for i, e in enumerate(edge):
         check_keys(e, EDGE_POPUP_KEYS, f"edge_popup[{i}]")
         kf = e.get("kept_fraction", 0.5)
-        if kf != "matched" and not (isinstance(kf, (int, float)) and 0 < kf <= 1):
-            raise ValueError(f"edge_popup[{i}].kept_fraction must be in (0, 1] or 'matched', got {kf!r}")
+        if kf not in MATCHED and not (isinstance(kf, (int, float)) and 0 < kf <= 1):
+            raise ValueError(
+                f"edge_popup[{i}].kept_fraction must be in (0, 1], 'matched' or 'matched_best', got {kf!r}"
+            )
+        if kf in MATCHED and not variants:
+            raise ValueError(
+                f"edge_popup[{i}].kept_fraction {kf!r} needs at least one GA variant in 'variants'"
+            )
     n_seeds = int(seeds if seeds is not None else data.get("seeds", 5))
     if n_seeds < 1:
         raise ValueError(f"seeds must be ≥ 1, got {n_seeds}")
@@ -345,11 +354,32 @@ def _edge_popup_name(spec: dict) -> str:
     return f"edge_popup[{spec.get('weight_init', 'uniform')}{scaled},k={spec.get('kept_fraction', 0.5)}]"
 
 
+def matched_kept_fraction(rule: str, rows: list[dict], ga_jobs: Sequence[str]) -> float:
+    """Edge-popup's kept fraction matched to the GA's per-seed ``rows`` (those of ``ga_jobs``) on one arch.
+
+    ``"matched"``: one minus the mean sparsity over the rows of every GA variant; ``"matched_best"``: one
+    minus the mean sparsity of the variant with the highest mean test accuracy (the first in ``ga_jobs``
+    on a tie) — Altmann et al.'s Fig. 6, which takes whichever GA configuration is more accurate.
+    """
+    by_job = {j: [r for r in rows if r["job"] == j] for j in ga_jobs}
+    by_job = {j: rs for j, rs in by_job.items() if rs}
+    if not by_job:
+        raise ValueError(f"kept_fraction {rule!r} needs GA results of {', '.join(ga_jobs)}; none found")
+    if rule == "matched":
+        pick = [r for rs in by_job.values() for r in rs]
+    elif rule == "matched_best":
+        accs = {j: float(np.mean([r["test_acc"] for r in rs])) for j, rs in by_job.items()}
+        pick = by_job[max(accs, key=lambda j: (accs[j], -list(by_job).index(j)))]
+    else:
+        raise ValueError(f"kept_fraction rule must be one of {MATCHED}, got {rule!r}")
+    return 1.0 - float(np.mean([r["sparsity"] for r in pick]))
+
+
 def _edge_popup_job(exp: SLTExperiment, label, sizes, data, spec: dict, matched: float | None):
     from es_lottery.gradient import edge_popup
 
     kf = spec.get("kept_fraction", 0.5)
-    kept = matched if kf == "matched" else float(kf)
+    kept = matched if kf in MATCHED else float(kf)
     kept = float(min(1.0, max(kept, 1e-3)))
     cfg_kw = {k: v for k, v in spec.items() if k in ("weight_init", "epochs", "scale_init", "batch_size")}
     cfg = edge_popup.EdgePopupConfig(kept_fraction=kept, **cfg_kw)
@@ -495,21 +525,22 @@ def run_experiment(
                         continue
                     if not selected(f"{label}/{name}"):
                         continue
-                    # "matched": keep the mean density of ALL the config's GA variants on this arch
+                    # "matched"/"matched_best": the kept fraction comes from the GA's rows on this arch
                     prior = [r for r in so_far if r["job"] in ga_jobs]
                     missing = [
                         j
                         for j in ga_jobs
                         if {r["seed"] for r in prior if r["job"] == j} < set(range(exp.seeds))
                     ]
-                    if spec.get("kept_fraction") == "matched" and missing:
+                    rule = spec.get("kept_fraction")
+                    if rule in MATCHED and missing:
                         console.print(
                             f"  {escape(label)}/{escape(name)}: needs the GA results of "
-                            f"{escape(', '.join(missing))} first (its kept fraction is their mean density), "
-                            "skipped"
+                            f"{escape(', '.join(missing))} first "
+                            "(its kept fraction comes from their sparsity), skipped"
                         )
                         continue
-                    matched = 1.0 - float(np.mean([r["sparsity"] for r in prior])) if prior else 0.5
+                    matched = matched_kept_fraction(rule, prior, ga_jobs) if rule in MATCHED else None
                     rows = _edge_popup_job(exp, label, sizes, data, spec, matched)
                     console.print(
                         f"  {escape(rows[0]['job'])}: test acc {np.mean([r['test_acc'] for r in rows]):.3f}"
