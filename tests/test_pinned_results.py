@@ -10,9 +10,8 @@ import json
 import tempfile
 from pathlib import Path
 
-import pytest
-
 import _pins
+import pytest
 
 PINNED = json.loads(_pins.PINS.read_text())
 
