@@ -280,7 +280,7 @@ def bench_ours(algo: str, batch: int, data, args, log) -> dict:
         "dim": state.space.dim,
         "fitness_mean": float(metrics["fitness_mean"]),
         "update_skipped": bool(metrics["update_skipped"]),
-        "chunk": pop._resolve_chunk("auto", batch, pop._per_example_bytes(module, POP, 16)),
+        "chunk": pop.plan_chunk(module, POP, batch, "auto", widest=16),
     }
 
 

@@ -94,7 +94,7 @@ def ga_path(sizes, metrics=("accuracy",)) -> tuple[str, float]:
     """(description of the kernel path, FLOPs it executes per data point per member)."""
     module = N.make_network("mlp", sizes=list(sizes))
     margin = pop._margin_applies(module, metrics, sizes[-1])
-    if pop._table_path_applies(module):
+    if pop.table_path_applies(module):
         k = 2 ** sizes[0] - 1
         h1 = sizes[1]
         if len(sizes) == 3:
@@ -198,9 +198,9 @@ def bench_ga(label, sizes, x, y, args, peak, log) -> dict:
     )
     metrics = ("accuracy",)
     path, path_flops = ga_path(sizes, metrics)
-    use_table = pop._table_path_applies(module)
+    use_table = pop.table_path_applies(module)
     widest = max(np.shape(w)[-1] for w in leaves) * (2 ** sizes[0] if use_table else 1)
-    auto_chunk = pop._resolve_chunk("auto", n, pop._per_example_bytes(module, GA_POP, widest))
+    auto_chunk = pop.plan_chunk(module, GA_POP, n, "auto", widest=widest)
 
     def kernel(chunk="auto"):
         return pop.evaluate_masks(module, params, masks, x, y, metrics, chunk_size=chunk, shard=args.shard)
@@ -329,7 +329,7 @@ def bench_es(args, peak, log) -> dict:
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     metrics = ("cross_entropy",)
     widest = max(np.shape(w)[-1] for w in leaves)
-    auto_chunk = pop._resolve_chunk("auto", ES_BATCH, pop._per_example_bytes(module, ES_POP, widest))
+    auto_chunk = pop.plan_chunk(module, ES_POP, ES_BATCH, "auto", widest=widest)
 
     def kernel(chunk="auto"):
         return pop.evaluate_params(module, member_params, x, y, metrics, chunk_size=chunk, shard=args.shard)

@@ -15,6 +15,9 @@ Initialisers (``weight_init=``; the field is not called ``init`` because that is
 * ``"kaiming_normal"`` — N(0, 2/fan_in) weights, zero biases.
 * ``"signed_kaiming_constant"`` — ±sqrt(2/fan_in) with a random sign, zero biases.
 * ``"lecun_normal"`` — truncated normal with variance 1/fan_in (flax default), zero biases.
+* ``"lecun_normal_hidden_bias"`` — the original es-lottery MNIST CNN (``src/tasks/mnist_policy.py``):
+  LeCun-normal kernels, the biases of every hidden layer (the paper CNN's two convolutions) drawn from
+  U[0, 0.05) (flax's ``uniform(0.05)``), the output layer's bias zero (flax's default).
 
 ``kept_fraction`` (in (0, 1]) scales the Kaiming inits to the expected number of active inputs: the
 fan-in used is ``fan_in * kept_fraction`` (edge-popup's "scaled" variants). It does not affect the others.
@@ -32,7 +35,10 @@ import numpy as np
 from es_lottery import masks as masks_lib
 from es_lottery._checks import check_choice
 
-INITS = ("uniform", "kaiming_normal", "signed_kaiming_constant", "lecun_normal")
+INITS = ("uniform", "kaiming_normal", "signed_kaiming_constant", "lecun_normal", "lecun_normal_hidden_bias")
+# inits whose output-layer bias is zero while their hidden layers' biases are not
+ZERO_OUTPUT_BIAS = ("lecun_normal_hidden_bias",)
+HIDDEN_BIAS_SCALE = 0.05  # lecun_normal_hidden_bias: hidden biases ~ U[0, 0.05)
 HIDDEN_ACTIVATIONS = ("relu", "tanh")
 OUTPUT_ACTIVATIONS = ("none", "tanh")
 NETWORKS = ("mlp", "paper_cnn", "lenet_300_100")
@@ -46,7 +52,8 @@ def _fan_in(shape: Sequence[int]) -> int:
 
 
 def initializers(init: str = "uniform", kept_fraction: float = 1.0) -> tuple[Callable, Callable]:
-    """(kernel_init, bias_init) for one of ``INITS``."""
+    """(kernel_init, bias_init) for one of ``INITS``; bias_init is the HIDDEN layers' (see
+    :func:`output_bias_init` for the output layer's)."""
     check_choice(init, INITS, "weight_init")
     kf = masks_lib.check_density(kept_fraction, field="kept_fraction")
 
@@ -69,7 +76,16 @@ def initializers(init: str = "uniform", kept_fraction: float = 1.0) -> tuple[Cal
         "kaiming_normal": (kaiming_normal, zeros),
         "signed_kaiming_constant": (signed_constant, zeros),
         "lecun_normal": (nn.initializers.lecun_normal(), zeros),
+        "lecun_normal_hidden_bias": (
+            nn.initializers.lecun_normal(),
+            nn.initializers.uniform(HIDDEN_BIAS_SCALE),
+        ),
     }[init]
+
+
+def output_bias_init(init: str, hidden_bias_init: Callable) -> Callable:
+    """The output layer's bias initialiser: zeros for ``ZERO_OUTPUT_BIAS`` inits, else the hidden one."""
+    return nn.initializers.zeros if init in ZERO_OUTPUT_BIAS else hidden_bias_init
 
 
 class MLP(nn.Module):
@@ -100,8 +116,9 @@ class MLP(nn.Module):
         kinit, binit = initializers(self.weight_init, self.kept_fraction)
         n_layers = len(self.sizes) - 1
         for i, width in enumerate(self.sizes[1:]):
-            x = nn.Dense(int(width), kernel_init=kinit, bias_init=binit, name=f"dense_{i}")(x)
             last = i == n_layers - 1
+            bias_init = output_bias_init(self.weight_init, binit) if last else binit
+            x = nn.Dense(int(width), kernel_init=kinit, bias_init=bias_init, name=f"dense_{i}")(x)
             x = ACTIVATION_FNS[self.output_activation if last else self.hidden_activation](x)
         return x
 
@@ -131,7 +148,8 @@ class PaperCNN(nn.Module):
         x = nn.Conv(16, (5, 5), padding="SAME", kernel_init=kinit, bias_init=binit, name="conv_1")(x)
         x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        return nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, name="dense_0")(x)
+        out_binit = output_bias_init(self.weight_init, binit)
+        return nn.Dense(self.num_classes, kernel_init=kinit, bias_init=out_binit, name="dense_0")(x)
 
 
 def lenet_300_100(weight_init: str = "lecun_normal", kept_fraction: float = 1.0) -> MLP:

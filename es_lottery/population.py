@@ -24,7 +24,7 @@ How it is fast (measured on the 2-core Xeon CI machine; benchmarks/population_ev
   (a GEMM with K = 2 ran 3× slower); an output layer with out·in ≤ 256 as an unrolled FMA chain fused with
   the previous bias + activation (2.5–3× faster than a reduction or a batched GEMM with N = 2). The shared
   input makes a general first layer ONE GEMM ``W (P·h × in) @ xᵀ (in × chunk)``.
-* **GA table path** (``_table_path_applies``): with few inputs a first-layer unit's activation depends on
+* **GA table path** (``table_path_applies``): with few inputs a first-layer unit's activation depends on
   its mask only through its input bits, so each unit has ``2**in`` possible activation columns. Combo 0
   (no input kept) is the constant ``act(b₀)`` and is folded into the next layer's bias; the other columns
   form a table ``T ((2**in − 1)·h × chunk)`` shared by all members, and the next layer of the WHOLE
@@ -98,11 +98,15 @@ CNN_BLOCK_MEMBER_IMAGES = 512  # CNN: members per block × images per chunk
 
 __all__ = [
     "METRICS",
+    "check_data",
     "evaluate_masks",
     "evaluate_params",
     "forward_population",
     "make_forward",
+    "plan_chunk",
     "population_size",
+    "table_path_applies",
+    "widest_layer",
 ]
 
 
@@ -132,7 +136,9 @@ def population_size(tree) -> int:
     return int(sizes.pop())
 
 
-def _check_data(module: nn.Module, x, y, metrics):
+def check_data(module: nn.Module, x, y, metrics=("accuracy",)) -> None:
+    """``ValueError``/``TypeError`` unless ``(x, y)`` fit ``module`` and ``metrics`` (checked on the host)."""
+    metrics = _check_metrics(metrics)
     x_shape = tuple(np.shape(x))
     expect = tuple(getattr(module, "input_shape", x_shape[1:]))
     ok = len(x_shape) >= 2 and (
@@ -158,6 +164,35 @@ def _resolve_chunk(chunk_size, n: int, per_example_bytes: int) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None, 'auto' or a positive int, got {chunk_size!r}")
     return int(min(chunk_size, n))
+
+
+def widest_layer(params) -> int:
+    """The widest layer of a params tree (with or without a population axis): the largest trailing
+    dimension over its leaves — what the "auto" chunk rule sizes intermediates by."""
+    return int(max(np.shape(w)[-1] for w in jax.tree_util.tree_leaves(params)))
+
+
+def plan_chunk(
+    module: nn.Module,
+    npop: int,
+    n: int,
+    chunk_size: int | str | None = "auto",
+    *,
+    widest: int,
+    table: bool = False,
+) -> int:
+    """The data chunk the kernels use for ``npop`` members over ``n`` examples (a static int).
+
+    ``chunk_size``: None (all ``n`` at once), an int (capped at ``n``) or ``"auto"``: the power of two nearest
+    below ``DEFAULT_CHUNK_BYTES`` over the per-example bytes of the intermediates, clamped to
+    [``MIN_AUTO_CHUNK``, ``MAX_AUTO_CHUNK``]. ``widest``: the widest layer (:func:`widest_layer`); ``table``:
+    the GA table path is used (its intermediates are the shared table and the logits, see the module doc).
+    Callers that evaluate inside their own jitted code (searches, tasks) plan the chunk with this on the
+    host and pass it to :func:`eval_masks_jit` / :func:`eval_params_jit`.
+    """
+    if table:
+        widest = int(widest) * 2 ** int(module.sizes[0])
+    return _resolve_chunk(chunk_size, int(n), _per_example_bytes(module, int(npop), int(widest)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,7 +394,7 @@ def forward_population(module: nn.Module, member_params, x):
     return make_forward(module, member_params)(x)
 
 
-def _table_path_applies(module: nn.Module) -> bool:
+def table_path_applies(module: nn.Module) -> bool:
     """GA table path: an MLP whose first hidden layer has few input combinations — ``2**in ≤ 16`` with one
     hidden layer, ``2**in − 1 ≤ 3`` (2 inputs) with more (there the table trades 3× the FLOPs of the
     second layer for one big GEMM)."""
@@ -583,10 +618,10 @@ def evaluate_masks(
     npop = population_size(masks)
     one = jax.tree_util.tree_map(lambda m: m[0], masks)
     masks_lib.check_congruent(params, one, field="masks")
-    _check_data(module, x, y, metrics)
+    check_data(module, x, y, metrics)
     if use_table is None:
-        use_table = _table_path_applies(module) and _biases_unmasked(params, masks)
-    elif use_table and not _table_path_applies(module):
+        use_table = table_path_applies(module) and _biases_unmasked(params, masks)
+    elif use_table and not table_path_applies(module):
         raise ValueError(
             "use_table=True needs an MLP with one hidden layer and 2**in_features ≤ 16, "
             "or more hidden layers and 2 inputs"
@@ -620,7 +655,7 @@ def evaluate_params(
     """Evaluate P weight sets (leading axis P on every leaf) on ``(x, y)``: ``{metric: (P,)}``."""
     metrics = _check_metrics(metrics)
     npop = population_size(member_params)
-    _check_data(module, x, y, metrics)
+    check_data(module, x, y, metrics)
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
     widest = max(np.shape(w)[-1] for w in jax.tree_util.tree_leaves(member_params))
     chunk = _resolve_chunk(chunk_size, x.shape[0], _per_example_bytes(module, npop, widest))
@@ -651,7 +686,7 @@ def _per_example_bytes(module: nn.Module, npop: int, widest: int) -> int:
         # one member's first-conv output per image: "auto" gives chunk 128 (sweep: 128–256 best, 16–64
         # within 10–20 %); the member block then holds CNN_BLOCK_MEMBER_IMAGES / chunk members
         return 4 * 28 * 28 * 8
-    if isinstance(module, MLP) and _table_path_applies(module):
+    if isinstance(module, MLP) and table_path_applies(module):
         h, combos = int(module.sizes[1]), 2 ** int(module.sizes[0])
         if widest >= h * combos:
             return 4 * ((combos - 1) * h + npop * int(module.sizes[2]))

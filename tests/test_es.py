@@ -14,6 +14,8 @@ import pytest
 from es_lottery import masks as masks_lib
 from es_lottery import networks, population
 from es_lottery.search import es
+from es_lottery.tasks import base as tasks_base
+from es_lottery.tasks import classification as cls
 
 DIM = 6
 POP = 16
@@ -38,7 +40,9 @@ def _quad_task(bad=None, bad_value=np.nan):
         "bad": jnp.zeros(POP, bool) if bad is None else jnp.asarray(bad),
         "bad_value": jnp.broadcast_to(jnp.asarray(bad_value, jnp.float32), (POP,)),
     }
-    return es.ESTask(data=data, fitness=_quad_fitness, evaluate=_quad_eval, score_key="score")
+    return tasks_base.from_function(
+        _quad_fitness, batched=True, evaluate=_quad_eval, data=data, score_key="score"
+    )
 
 
 THETA0 = {"x": jnp.zeros(DIM, jnp.float32)}
@@ -246,9 +250,10 @@ def _mlp_fitness(data, key, member):
 @pytest.mark.parametrize("search_space", es.SEARCH_SPACES)
 def test_mean_starts_at_theta0_and_pruned_entries_stay_zero(pruned_mlp, search_space):
     theta0, mask = pruned_mlp
-    task = es.ESTask(
+    task = tasks_base.from_function(
+        _mlp_fitness,
+        batched=True,
         data={"x": jax.random.normal(jax.random.key(15), (16, 3)), "t": jnp.ones((16, 4))},
-        fitness=_mlp_fitness,
     )
     config = es.ESConfig("Sep_CMA_ES", 8, sigma_init=0.1, mean_decay=0.01, search_space=search_space)
     state = es.init(jax.random.key(16), theta0, mask, config)
@@ -301,9 +306,9 @@ def test_classification_fitness_is_minus_ce_on_a_fresh_batch(classification):
     rng = np.random.default_rng(18)
     member = jax.tree_util.tree_map(lambda a: a[None] + 0.3 * rng.normal(size=(5, *a.shape)), theta)
     key = jax.random.key(19)
-    fitness = jax.jit(task.fitness_fn)
+    fitness = jax.jit(lambda k, m: task.fitness(None, k, m)[0])
     fit = np.asarray(fitness(key, member))
-    xb, yb = jax.jit(es.sample_batch, static_argnums=3)(key, task.data["x_train"], task.data["y_train"], 16)
+    xb, yb = jax.jit(cls.sample_batch, static_argnums=3)(key, task.data["x_train"], task.data["y_train"], 16)
     assert xb.shape == (16, 4) and len(set(np.asarray(xb)[:, 0].tolist())) == 16  # no repeats
     apply = jax.jit(lambda p, x: networks.apply(module, p, x))
     expected = [
@@ -315,7 +320,7 @@ def test_classification_fitness_is_minus_ce_on_a_fresh_batch(classification):
     # eval: test accuracy of one network on the full test set
     logits = apply(theta, task.data["x_test"])
     acc = np.mean(np.argmax(logits, axis=-1) == np.asarray(task.data["y_test"]))
-    out = task.eval_fn(theta)
+    out = task.evaluate(None, theta)
     assert float(out["accuracy"]) == pytest.approx(acc)
     assert float(out["cross_entropy"]) == pytest.approx(
         _ce(logits, np.asarray(task.data["y_test"])), rel=1e-5
@@ -333,7 +338,7 @@ def test_train_keeps_best_mean_and_resumes_exactly(classification):
     assert hist["train"]["fitness_mean"].shape == (6,)
     assert float(state.best_eval) == pytest.approx(float(np.max(hist["eval"]["accuracy"])))
     np.testing.assert_array_equal(hist["eval"]["best_eval"], np.maximum.accumulate(hist["eval"]["accuracy"]))
-    best_acc = task.eval_fn(es.best_mean_params(state))["accuracy"]
+    best_acc = task.evaluate(None, es.best_mean_params(state))["accuracy"]
     assert float(best_acc) == pytest.approx(float(state.best_eval))
     # the same run in two pieces (as after a checkpoint) gives identical results
     k_init, k_run = jax.random.split(key)

@@ -108,7 +108,7 @@ def ref_step(key, state, task, config):
     """
     g_old = np.asarray(state.genomes)
     n, length = g_old.shape
-    n_train = task.x_train.shape[0]
+    n_train = task.data["x_train"].shape[0]
     k_par, k_mate, k_cross, k_mut, k_pos, k_mig = jax.random.split(key, 6)
     is_parent = np.asarray(jax.random.bernoulli(k_par, config.rec_rate, (n,)))
     mates = np.asarray(jax.random.randint(k_mate, (n,), 0, config.n_mates))
@@ -129,7 +129,9 @@ def ref_step(key, state, task, config):
     new = [(children[i], n + i) for i in range(n) if is_parent[i]]
     new += [(mutants[j], 2 * n + j) for j in range(2 * n) if spawn[j]]
     new += [(migrants[j], 4 * n + j) for j in range(config.n_migrants)]
-    counts = ref_counts(task.module, state.params, [g for g, _ in new], task.x_train, task.y_train)
+    counts = ref_counts(
+        task.module, state.params, [g for g, _ in new], task.data["x_train"], task.data["y_train"]
+    )
     pool += [(g, int(c), idx) for (g, idx), c in zip(new, counts, strict=True)]
     pool.sort(key=lambda t: (-t[1], -int(np.sum(~t[0])), t[2]))
     keep = pool[:n]
@@ -264,9 +266,11 @@ def test_step_population_is_survivors_mutants_and_children_of_top_mates(task):
 def test_step_matches_rederivation_from_key_splits(task):
     """Survivors after each step == plain re-derivation (mates from the top, crossover, one-bit mutants,
     migrants, evaluation with networks.apply, sort by (acc, zeros, index))."""
-    n_train = task.x_train.shape[0]
+    n_train = task.data["x_train"].shape[0]
     state = ga.init(jax.random.key(20), task, CFG)
-    init_counts = ref_counts(task.module, state.params, state.genomes, task.x_train, task.y_train)
+    init_counts = ref_counts(
+        task.module, state.params, state.genomes, task.data["x_train"], task.data["y_train"]
+    )
     np.testing.assert_array_equal(np.round(np.asarray(state.acc) * n_train), init_counts)
     for g in range(4):
         key = jax.random.key(200 + g)
@@ -342,8 +346,8 @@ def test_adaptive_ab_initial_population_respects_bound(task):
         np.testing.assert_allclose(
             float(st.bound), max(floor, start - sum(0.1 ** (1 + 0.15 * i) for i in range(drops))), rtol=1e-6
         )
-        counts = ref_counts(task.module, st.params, st.genomes, task.x_train, task.y_train)
-        np.testing.assert_array_equal(np.round(acc * task.x_train.shape[0]), counts)
+        counts = ref_counts(task.module, st.params, st.genomes, task.data["x_train"], task.data["y_train"])
+        np.testing.assert_array_equal(np.round(acc * task.data["x_train"].shape[0]), counts)
         assert all(ref_has_path(ARCH, g) for g in np.asarray(st.genomes))  # repair is on for AB
         # every drop (and the switch to the fallback) needs bound_patience rejected proposals
         assert int(st.n_evals) >= (drops + fallback) * CFG_AB_INIT.bound_patience + CFG_AB_INIT.pop_size
@@ -490,8 +494,10 @@ def test_vmap_over_seeds_equals_separate_runs(task, runs):
 def test_evaluate_final_matches_direct_evaluation(task, runs):
     state, _ = runs[RUN_SEEDS[1]]
     out = ga.evaluate_final(state, task, CFG)
-    n_test = task.x_test.shape[0]
-    test_counts = ref_counts(task.module, state.params, state.genomes, task.x_test, task.y_test)
+    n_test = task.data["x_test"].shape[0]
+    test_counts = ref_counts(
+        task.module, state.params, state.genomes, task.data["x_test"], task.data["y_test"]
+    )
     assert round(float(out["test_acc"]) * n_test) == test_counts[0]  # the train-best individual
     assert round(float(out["best_test_acc"]) * n_test) == test_counts.max()
     assert float(out["best_test_acc"]) >= float(out["test_acc"])

@@ -264,7 +264,7 @@ def test_best_mean_option_returns_the_best_evaluated_mean():
     result = trainer.train(jax.random.key(4), theta0, mask)
     accs = result.metrics["eval"]["accuracy"]
     assert result.eval_score == pytest.approx(float(np.max(accs)))
-    assert trainer.task.eval_fn(result.final_params)["accuracy"] == pytest.approx(result.eval_score)
+    assert trainer.task.evaluate(None, result.final_params)["accuracy"] == pytest.approx(result.eval_score)
     assert result.metrics["chosen_generation"] == int(result.metrics["eval"]["generation"][np.argmax(accs)])
 
 

@@ -81,8 +81,8 @@ def test_forward_fitness_is_loss_plus_penalty(xor_task):
     np.testing.assert_allclose(np.asarray(state.fitness), np.asarray(state.loss) + pen, rtol=1e-6)
     # the forward loss of member 0, computed by hand with the plain flax forward pass
     p0 = masks_lib.apply(_member(state.params, 0), _member(state.masks, 0))
-    logits = networks.apply(xor_task.module, p0, xor_task.x_val)[:, 0]
-    y = np.asarray(xor_task.y_val, np.float64)
+    logits = networks.apply(xor_task.module, p0, xor_task.data["x_val"])[:, 0]
+    y = np.asarray(xor_task.data["y_val"], np.float64)
     z = np.asarray(logits, np.float64)
     bce = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
     assert float(state.loss[0]) == pytest.approx(bce, rel=1e-4)
@@ -228,7 +228,7 @@ def test_vmapped_inner_training_equals_one_member_at_a_time(xor_task):
     cfg = nets.TrainConfig(epochs=2, lr=0.3, batch_size=8)
     params, masks = _population(xor_task.module, 3, key=4)
     key = jax.random.key(9)
-    args = (xor_task.x_train, xor_task.y_train, xor_task.module, cfg)
+    args = (xor_task.data["x_train"], xor_task.data["y_train"], xor_task.module, cfg)
     batched, losses = jax.jit(nets.train_population, static_argnums=(5, 6))(key, params, masks, *args)
     one = jax.jit(nets.sgd_train, static_argnums=(5, 6))
     for i in range(3):

@@ -19,19 +19,34 @@ Config (``configs/imp/*.yaml``)::
     # trainer: {type: gd, epochs: 20, learning_rate: 3.0e-4, batch_size: 128}   (GDConfig fields)
     imp: {num_levels: 20, prune_rate: 0.2, scope: global}
     criteria: [magnitude, snr, random_reinit]
+    baseline_mode: chain           # chain (default) | branch: how the baselines in criteria run, see below
     seeds: 5
     seed: 0
 
 ``criteria`` mixes IMP criteria (``pruning.criteria.CRITERIA``: magnitude, snr, snr_sep_cma_compat, random,
 movement, magnitude_increase, smallest_initial) and ticket baselines (``pruning.baselines.BASELINES``:
-random_reinit, mask_reinit, permute_weights, permute_mask_and_weights). A baseline at level k transforms
-the level-k mask of the ``magnitude`` run of the same seed (or of the first IMP criterion listed when
-magnitude is not) and trains the control ticket with the same trainer.
+random_reinit, mask_reinit, permute_weights, permute_mask_and_weights). A baseline controls the
+``magnitude`` run of the same seed (or the first IMP criterion listed when magnitude is not: the "mask
+source") and trains with the same trainer. ``baseline_mode`` says how (rules and sources: the module doc of
+``pruning.baselines``):
+
+* ``chain`` (default; the original code's semantics, the paper's Fig. 2 / Fig. 8 curves): each baseline is
+  its own IMP chain. Its level 0 IS the mask source's dense level 0 (files copied, not retrained; the row
+  says ``shared_from``); level k ≥ 1 transforms the chain's OWN ``next_mask`` of level k − 1 (pruned from
+  its own trained network by the mask source's criterion) and trains the control ticket;
+  ``baselines.run_baseline_chain``.
+* ``branch`` (the behaviour before the key existed): level k (0 included) transforms the mask source's
+  level-k mask once, a one-shot control of that IMP ticket; ``baselines.run_baseline``.
+
+The resolved (hashed) config holds ``baseline_mode`` only when baselines are listed and the mode is not
+``branch``, so configs without baselines and ``branch`` configs keep their run-directory names.
 
 Keys and randomness. Seed s uses the run key ``fold_in(key(seed), s)``: θ₀ = ``trainer.init_params`` of
 its first half (``loop.split_run_key``), shared by every criterion of the seed; level k of an IMP
 criterion trains with ``loop.level_keys(run_key, k)`` (so level 0 is the same dense run for every IMP
-criterion); baseline b uses ``fold_in(run_key, BASELINE_KEY_OFFSET + index of b)`` and
+criterion); a baseline chain trains and scores level k with the same ``loop.level_keys(run_key, k)`` and
+transforms with ``baselines.chain_transform_key(run_key, k)``, common to all baselines (as in the
+original); a branch-mode baseline b uses ``fold_in(run_key, BASELINE_KEY_OFFSET + index of b)`` and
 ``baselines.run_baseline``'s per-level keys.
 
 Run directory ``<out>/<name>-<hash>/`` (hash over the resolved config without ``seeds``, so adding seeds
@@ -41,7 +56,8 @@ later reuses the finished ones)::
     seed_<s>/theta0.npz                       the unmasked θ₀ of the seed
     seed_<s>/<criterion>/level_<k>/
         mask.npz         the level's mask, prunable entries bit-packed (masks.pack) + kept/total
-        next_mask.npz    IMP criteria: the mask of level k+1 (what a resume starts from)
+        next_mask.npz    IMP criteria and baseline chains: the mask of level k+1 (what a resume starts
+                         from; a chain's is its pruned mask before the baseline's transform)
         theta0.npz       the level's start: θ₀ ⊙ m_k (baselines: their control init θ₀' ⊙ m')
         final_params.npz the trained params (ES: the final — or best — search mean)
         std.npz          ES: per-weight std of the search distribution (zeros at pruned entries)
@@ -102,6 +118,7 @@ TOP_KEYS = (
     "criteria",
     "seeds",
     "seed",
+    "baseline_mode",
 )
 TRAINER_TYPES = ("es", "gd")
 ES_FIELDS = tuple(f.name for f in dataclasses.fields(es.ESConfig))
@@ -119,6 +136,7 @@ IMP_CRITERIA = tuple(criteria_lib.CRITERIA)
 BASELINE_CRITERIA = tuple(baselines_lib.BASELINES)
 ALL_CRITERIA = IMP_CRITERIA + BASELINE_CRITERIA
 BASELINE_KEY_OFFSET = 1000
+BASELINE_MODES = ("chain", "branch")  # chain: the original's chains (default); branch: one-shot, as before
 LOADER_FNS = {
     "moons": classification.moons,
     "circles": classification.circles,
@@ -158,6 +176,7 @@ class IMPExperiment:
     scope: str = "global"
     seeds: int = 5
     seed: int = 0
+    baseline_mode: str = "branch"
 
     @property
     def trainer_type(self) -> str:
@@ -191,7 +210,17 @@ class IMPExperiment:
 
     def trainer_dict(self) -> dict:
         if isinstance(self.trainer, ESTrainerConfig):
-            d = {"type": "es", **dataclasses.asdict(self.trainer.es)}
+            # The run directory's name hashes this dict. ESConfig fields added after the first configs were
+            # hashed (``ESConfig.ADDED_FIELDS``) are left out while they hold the value that reproduces the
+            # behaviour from before they existed (their default as added) or do not apply to the algorithm
+            # (validation keeps them at their default then), so a new field renames no existing run
+            # directory, while a config that changes behaviour through one hashes differently.
+            cfg = self.trainer.es
+            d = {"type": "es"}
+            for k, v in dataclasses.asdict(cfg).items():
+                neutral, algorithms = cfg.ADDED_FIELDS.get(k, (None, None))
+                if algorithms is None or (cfg.algorithm in algorithms and v != neutral):
+                    d[k] = v
             d.update({k: getattr(self.trainer, k) for k in ES_TRAINER_FIELDS})
             return d
         return {"type": "gd", **dataclasses.asdict(self.trainer)}
@@ -207,6 +236,7 @@ class IMPExperiment:
             "criteria": list(self.criteria),
             "seed": self.seed,
         }
+        d.update(_resolved_baseline_mode(self))
         if with_seeds:
             d["seeds"] = self.seeds
         return d
@@ -295,7 +325,9 @@ def _parse_trainer(spec) -> ESTrainerConfig | GDConfig:
             f"unknown ES algorithm {es_kw['algorithm']!r} in field 'trainer.algorithm'; "
             f"allowed: {', '.join(es.ALGORITHMS)}"
         )
-    for k in ("sigma_init", "lr", "lr_decay", "lr_limit", "mean_decay"):
+    float_fields = ("sigma_init", "lr", "lr_decay", "lr_limit", "mean_decay")
+    float_fields += ("elite_ratio", "temperature", "sigma_decay", "sigma_limit")
+    for k in float_fields:
         if isinstance(es_kw.get(k), int) and not isinstance(es_kw.get(k), bool):
             es_kw[k] = float(es_kw[k])  # YAML "1" and "1.0" must resolve (and hash) the same
     try:
@@ -349,6 +381,24 @@ def _parse_criteria(spec, trainer) -> tuple[str, ...]:
     return tuple(spec)
 
 
+def _parse_baseline_mode(data: dict) -> str:
+    """The top-level ``baseline_mode`` key: ``chain`` (default) or ``branch`` (see ``_run_baseline``)."""
+    mode = data.get("baseline_mode", "branch")
+    if not isinstance(mode, str) or mode not in BASELINE_MODES:
+        raise ValueError(f"unknown baseline mode {mode!r} in field 'baseline_mode'; allowed: chain, branch")
+    return mode
+
+
+def _resolved_baseline_mode(exp: IMPExperiment) -> dict:
+    """``baseline_mode`` in the resolved (hashed) config only where it changes behaviour from before the key
+    existed: with baselines listed and a mode other than ``branch``. Configs without baselines, and
+    ``branch`` ones, keep their run-directory names; the ``chain`` default renames configs with baselines
+    (their numbers differ from those of the one-shot branches)."""
+    if exp.baseline_criteria and exp.baseline_mode != "branch":
+        return {"baseline_mode": exp.baseline_mode}
+    return {}
+
+
 def parse_config(data: dict, seeds: int | None = None) -> IMPExperiment:
     """Validate a config mapping. Every error names its field (and the allowed values); nothing is
     compiled and no data is loaded."""
@@ -381,6 +431,7 @@ def parse_config(data: dict, seeds: int | None = None) -> IMPExperiment:
         scope=imp["scope"],
         seeds=n_seeds,
         seed=seed,
+        baseline_mode=_parse_baseline_mode(data),
     )
     shapes = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), exp.module()))
     try:
@@ -694,6 +745,17 @@ def _run_imp(ctx: _Ctx, seed: int, criterion: str, run_key, theta0) -> None:
 
 
 def _run_baseline(ctx: _Ctx, seed: int, name: str, run_key, theta0) -> None:
+    """Baseline ``name`` of one seed, as ``exp.baseline_mode`` says: ``chain`` (default; the original's
+    semantics, ``baselines.run_baseline_chain``) or ``branch`` (one-shot branches off the IMP masks)."""
+    if ctx.exp.baseline_mode == "chain":
+        _run_baseline_chain(ctx, seed, name, run_key, theta0)
+    else:
+        _run_baseline_branch(ctx, seed, name, run_key, theta0)
+
+
+def _run_baseline_branch(ctx: _Ctx, seed: int, name: str, run_key, theta0) -> None:
+    """``baseline_mode: branch``: level k transforms the mask-source chain's level-k mask (level 0
+    included), keys from ``fold_in(run_key, BASELINE_KEY_OFFSET + index of name)``."""
     exp = ctx.exp
     sdir = ctx.root / f"seed_{seed}"
     source = exp.mask_source
@@ -725,6 +787,78 @@ def _run_baseline(ctx: _Ctx, seed: int, name: str, run_key, theta0) -> None:
         with _level_context(ctx, ldir, _make_hook(ctx, task, seed, name, level)):
             (record,) = baselines_lib.run_baseline(
                 key, ctx.trainer, name, theta0, {level: mask}, levels=[level]
+            )
+        meta_l = {**meta, "target_density": exp.schedule.density(level)}
+        _finish_level(ctx, ldir, record, record.theta_start, meta_l, t0, task)
+    ctx.progress.remove_task(task)
+
+
+def _share_level0(ctx: _Ctx, src: Path, dst: Path, meta: dict) -> None:
+    """A chain's level 0 IS the mask-source chain's dense level 0: copy its files (bit-identical) and write
+    ``metrics.json`` (last, the "finished" marker) with the chain's criterion and ``shared_from``."""
+    if not level_done(src):
+        raise FileNotFoundError(f"baseline {meta['criterion']!r} shares level 0 of {src}, unfinished")
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name != "metrics.json" and not f.name.startswith("."):
+            _atomic_write(dst / f.name, lambda fh, f=f: fh.write(f.read_bytes()))
+    row = {
+        **json.loads((src / "metrics.json").read_text()),
+        **meta,
+        "shared_from": f"{src.parent.name}/{src.name}",
+        "seconds": 0.0,
+    }
+    text = json.dumps(to_jsonable(row), indent=2) + "\n"
+    _atomic_write(dst / "metrics.json", lambda fh: fh.write(text), mode="w")
+    ctx.rundir.append("metrics.jsonl", [row])
+    ctx.console.print(
+        f"  seed {meta['seed']} {escape(meta['criterion'])} level 0: the dense run of "
+        f"{escape(meta['mask_source'])}, shared, test acc {row['test_accuracy']:.4f}"
+    )
+
+
+def _run_baseline_chain(ctx: _Ctx, seed: int, name: str, run_key, theta0) -> None:
+    """``baseline_mode: chain``: baseline ``name`` as its own IMP chain (``baselines.run_baseline_chain``).
+    Level 0 is the mask-source chain's level 0; level k ≥ 1 transforms the chain's OWN ``next_mask`` of
+    level k − 1 and trains with the IMP chain's level keys. Resumes from the chain's last finished level."""
+    exp = ctx.exp
+    sdir = ctx.root / f"seed_{seed}"
+    cdir = sdir / name
+    source = exp.mask_source
+    cfg = exp.imp_config(source)
+    n = exp.num_levels
+    start = 0
+    while start < n and level_done(cdir / f"level_{start}"):
+        start += 1
+    task = ctx.progress.add_task(f"seed {seed} {name}", total=n * _units(ctx), completed=start * _units(ctx))
+    _skipped(ctx, seed, name, list(range(start)))
+    meta = {
+        "seed": seed,
+        "criterion": name,
+        "kind": "baseline",
+        "mask_source": source,
+        "trainer": ctx.trainer.name,
+        "baseline_mode": "chain",
+    }
+    if start == 0:
+        meta_0 = {**meta, "target_density": exp.schedule.density(0)}
+        _share_level0(ctx, sdir / source / "level_0", cdir / "level_0", meta_0)
+        ctx.progress.update(task, completed=_units(ctx))
+        start = 1
+    for level in range(start, n):
+        ldir = cdir / f"level_{level}"
+        mask = load_mask(cdir / f"level_{level - 1}" / "next_mask.npz", theta0)
+        t0 = time.time()
+        with _level_context(ctx, ldir, _make_hook(ctx, task, seed, name, level)):
+            (record,) = baselines_lib.run_baseline_chain(
+                run_key,
+                ctx.trainer,
+                name,
+                cfg,
+                theta0,
+                start_level=level,
+                start_mask=mask,
+                end_level=level + 1,
             )
         meta_l = {**meta, "target_density": exp.schedule.density(level)}
         _finish_level(ctx, ldir, record, record.theta_start, meta_l, t0, task)

@@ -229,8 +229,17 @@ def load_splits(exp: NeTSExperiment, module: nn.Module) -> Splits:
     """Dataset → (train minus validation, validation, test), checked against the network."""
     data = classification.load_dataset(exp.dataset, **exp.dataset_args)
     x_tr, y_tr, x_va, y_va = nets_lib.split_validation(data.x_train, data.y_train, exp.validation_fraction)
-    task = nets_lib.make_task(module, x_tr, y_tr, x_va, y_va)
-    x_te, y_te = nets_lib.check_data(module, data.x_test, data.y_test, "test")
+    task = classification.make_task(
+        module,
+        x_train=x_tr,
+        y_train=y_tr,
+        x_val=x_va,
+        y_val=y_va,
+        x_test=data.x_test,
+        y_test=data.y_test,
+        objective="log_loss",  # a 1-output network is a binary classifier on its logit
+    )
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (task.split(s) for s in ("train", "val", "test"))
     info = {
         "dataset": data.name,
         "n_train": int(x_tr.shape[0]),
@@ -238,7 +247,7 @@ def load_splits(exp: NeTSExperiment, module: nn.Module) -> Splits:
         "n_test": int(x_te.shape[0]),
         **{k: str(v) for k, v in data.info.items()},
     }
-    return Splits(task.x_train, task.y_train, task.x_val, task.y_val, x_te, y_te, info)
+    return Splits(x_tr, y_tr, x_va, y_va, x_te, y_te, info)
 
 
 class SGDTrainer:
@@ -303,7 +312,9 @@ def _row(method: str, seed: int, kept: int, total: int, metrics: dict, s: int, s
 
 def _nets_job(exp: NeTSExperiment, module, splits: Splits, rundir: RunDir, progress: Progress):
     cfg = exp.nets
-    task = nets_lib.NeTSTask(splits.x_train, splits.y_train, splits.x_val, splits.y_val, module)
+    task = nets_lib.make_task(
+        module, splits.x_train, splits.y_train, splits.x_val, splits.y_val, eval_chunk=cfg.eval_chunk
+    )
     keys = seed_keys(exp.seed, exp.seeds)
     k_init, k_run = jax.vmap(nets_lib.split_run_key)(method_keys(keys, "nets"))
     job = progress.add_task("nets: compiling", total=cfg.generations)

@@ -248,8 +248,10 @@ def _ga_job(
     same numbers as an uninterrupted one (only its ``seconds`` include the time before the interruption),
     and since seed s always gets the key ``fold_in(key(seed), s)``, so does a job run in seed chunks."""
     module = networks.make_network("mlp", sizes=sizes, weight_init="uniform")
-    task = ga_slt.make_task(module, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes)
     cfg = exp.ga.replace(variant=variant)
+    task = ga_slt.make_task(
+        module, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes, config=cfg
+    )
     keys = seed_keys(exp.seed, exp.seeds)[seeds.start : seeds.stop]
     n = len(seeds)
     split = jax.vmap(ga_slt.split_run_key)(keys)

@@ -1,50 +1,120 @@
 """Ticket-effect baselines (Vischer et al. 2021, as used by Lange & Sprekeler 2023, Fig. 2 / Fig. 8).
 
-Each baseline turns an IMP ticket ``(θ₀, m)`` of one level into a control ticket ``(θ₀', m')`` that keeps
-some ingredients and destroys others; training the controls at every level decomposes the ticket effect:
+Each baseline turns a pruned mask ``m`` (and the run's θ₀) into a control ticket ``(θ₀', m')`` that keeps
+some ingredients of an IMP ticket and destroys others; training the controls at every level decomposes the
+ticket effect:
 
 ============================  ================================  =============================================
 name                          mask m'                           init θ₀'
 ============================  ================================  =============================================
 ``random_reinit``             random GLOBAL mask, same count    fresh draw of the trainer's init
-``mask_reinit``               the IMP mask                      fresh draw of the trainer's init
-``permute_weights``           the IMP mask                      surviving θ₀ values shuffled among the
+``mask_reinit``               the pruned mask                   fresh draw of the trainer's init
+``permute_weights``           the pruned mask                   surviving θ₀ values shuffled among the
                                                                 surviving positions, within each layer
-``permute_mask_and_weights``  IMP mask permuted within each     surviving θ₀ values moved along with their
+``permute_mask_and_weights``  the mask permuted within each     surviving θ₀ values moved along with their
                               layer (per-layer counts kept)     positions (a random permutation per layer)
 ============================  ================================  =============================================
 
 * permute_weights vs IMP: the weight (init) effect; permute_mask_and_weights vs permute_weights: the mask
   effect; random_reinit vs permute_mask_and_weights: the effect of the layerwise pruning ratios.
 * Only prunable leaves (kernels) are touched: biases keep their θ₀ values (or the fresh init's, for the
-  re-init baselines) and stay unmasked. Counts are exact: ``random_reinit`` keeps exactly the IMP mask's
+  re-init baselines) and stay unmasked. Counts are exact: ``random_reinit`` keeps exactly the given mask's
   number of prunable weights, the permutations keep every layer's count.
-* Every function is ``fn(key, theta0, mask, init_fn, prunable=None) -> (theta0' ⊙ m', m')``; the returned
-  init is already masked. ``init_fn(key) -> params`` is the trainer's ``init_params`` (the permutation
-  baselines ignore it). The functions are jit-safe (fixed shapes; masks may be traced) apart from
-  ``random_reinit``, whose count is read on the host.
+* Every transform is ``fn(key, theta0, mask, init_fn, prunable=None) -> (theta0' ⊙ m', m')``; the
+  returned init is already masked. ``init_fn(key) -> params`` is the trainer's ``init_params`` (the
+  permutation baselines ignore it). The functions are jit-safe (fixed shapes; masks may be traced) apart
+  from ``random_reinit``, whose count is read on the host.
 
-``run_baseline`` trains one baseline at every level of a finished IMP run, a fresh key per level:
-``k_transform, k_train = split(fold_in(key, level))``. The controls are independent per level (a new random
-mask / init / permutation at every level); they are one-shot branches off the IMP masks, not a loop.
+What the original code does (RobertTLange/es-lottery, ``src/prune/imp.py`` class ``IMPBaselines`` and the
+drivers ``run_es.py`` / ``run_gd_mnist.py`` ``main``; read for rules only)
+----------------------------------------------------------------------------------------------------------
+O1. Every baseline is its OWN run of the IMP loop (one job per ``imp_config.baseline_name``: "final-ticket"
+    = IMP, "mask-reinit", "final-ticket_permute" = permute_weights, "final_permute-ticket_permute" =
+    permute_mask_and_weights, "random-reinit"). After training level k the driver calls
+    ``IMPBaselines.apply(rng_mask, iter_id, pruning_ckpt)`` with THAT run's trained network (final mean, or
+    best with ``network_to_prune: best``); every baseline method first computes the global magnitude mask of
+    that network (``global_magnitude_prune_threshold`` / ``global_mask_from_threshold``, the same rule as
+    IMP; pruned weights are zero in the trained network, so the new mask is nested in the run's own mask)
+    and then transforms it. So a baseline chain prunes from its own trained network, never from IMP's.
+O2. Level 0 is shared: ``apply(rng, 0, params_init)`` returns the dense mask and θ₀ for EVERY baseline
+    (``iter_id == 0`` always goes to ``final_ticket``), and θ₀ = ``model.init(PRNGKey(seed_id))`` and the
+    training seed are the same in every job of a seed, so each chain's first (dense) level is the same run
+    as IMP's (the original recomputes it per job; here it is reused, see ``run_baseline_chain``).
+O3. Randomness per level: one stream ``rng = PRNGKey(seed_id)``, ``rng, rng_mask = split(rng)`` per level,
+    identical in every job of a seed — the transform key of level k is common to all baselines. Training
+    uses a seed that depends only on (seed, level) (ES: ``seed_id + imp_iter`` in ``src/es/masked_es.py``;
+    GD: ``PRNGKey(seed_id + iter_id)`` in ``src/mnist_gd/train_mnist.py``), the same for IMP and every
+    baseline. Everything a baseline draws is re-drawn at every level.
+O4. "mask-reinit" (``IMPBaselines.mask_reinit``): the chain's own magnitude mask, and a FRESH init
+    ``model.init(split(rng_mask)[0])`` (the model's standard init, biases included) at every level.
+O5. "random-reinit" (``IMPBaselines.random_reinit``, ``get_random_masks``): BOTH a random mask and a fresh
+    init. The magnitude mask of the chain's network only sets the count; the new mask prunes that many
+    prunable weights chosen uniformly over ALL prunable weights of all layers (``jax.random.choice``
+    without replacement; global, not nested in the previous mask), and the init is
+    ``model.init(split(rng_mask)[0])`` — the same key as mask-reinit's, so at a given seed and level the two
+    baselines draw the same fresh init.
+O6. "final-ticket_permute" (``final_permute``, ``get_final_permuted``): the chain's own magnitude mask; the
+    init is the ORIGINAL θ₀ under that mask with its surviving values randomly permuted among the surviving
+    positions of each layer (a fresh permutation of θ₀ per level, not of the previous level's init).
+O7. "final_permute-ticket_permute" (``permute_permute``, ``get_permuted_permuted``): the chain's own
+    magnitude mask, permuted within each layer (per-layer counts kept), and the original θ₀'s surviving
+    values of that layer placed in random order at the permuted positions (independent keys for mask and
+    values — distributionally the same as moving values with their positions). Deviation: the original
+    permutes the mask array with ``jax.random.permutation(key, mask)``, which for an n-d kernel shuffles
+    whole slices along axis 0 only (input-unit rows of a Dense kernel; the kernel-height axis of a conv
+    kernel); we permute individual entries within the layer, as "Layerwise Permuted" and Vischer et al.
+    describe.
+O8. Counts: the original thresholds at a percentile (ties keep extra weights; checked to 1e-2); ours are
+    exact (``masks.prune_to``), so every chain keeps exactly the schedule's count at every level.
+
+Two ways to run the baselines here
+----------------------------------
+``run_baseline_chain`` (the paper-figure default of ``es-lottery imp``, ``baseline_mode: chain``) follows
+O1–O7 with our exact counts and key scheme. For run key ``key`` (the IMP chain's):
+
+* level 0 = the IMP chain's dense level 0 (θ₀, all-ones mask, trained with ``loop.level_keys(key, 0)``);
+  pass the IMP chain's level-0 record as ``level0`` to reuse it instead of training it again.
+* level k ≥ 1: ``m = `` the chain's own ``next_mask`` of level k − 1;
+  ``(θ₀', m') = chain_ticket(name, chain_transform_key(key, k), θ₀, m, trainer.init_params)``; train with
+  the IMP chain's ``loop.level_keys(key, k)`` (O3); the next mask scores the chain's trained network with
+  the IMP criterion of the chain (``config.criterion``, magnitude in the paper; the criterion's init is θ₀')
+  and prunes it nested in m' to the next density (``loop.run_level``). ``random_reinit`` prunes with scope
+  ``global`` whatever the config's scope (its random mask has no layer structure; only the count is used).
+* ``chain_transform_key(key, k) = fold_in(fold_in(key, CHAIN_KEY_TAG), k)`` is the same for every baseline
+  (O3); ``chain_ticket`` gives ``mask_reinit`` the init key ``split(key)[1]`` that ``random_reinit`` draws
+  its init from, so the two share the fresh init at every level (O5).
+* Resume: the chain's ``next_mask`` of level k − 1 and the key determine level k entirely, so calling with
+  ``start_level=k, start_mask=next_mask`` reproduces an uninterrupted chain bit for bit.
+
+``run_baseline`` (``baseline_mode: branch``, the behaviour before chains) instead branches every baseline
+once off the masks of a finished IMP run at every level, level 0 included, with its own keys
+``k_transform, k_train = split(fold_in(key, level))``: one-shot controls of the IMP tickets, not a loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from es_lottery import masks as masks_lib
-from es_lottery.pruning.loop import IMPResult, LevelRecord, Trainer, TrainResult, trainer_name
+from es_lottery.pruning import criteria as criteria_lib
+from es_lottery.pruning import loop
+from es_lottery.pruning.loop import IMPConfig, IMPResult, LevelRecord, Trainer, TrainResult, trainer_name
 
 PyTree = Any
 InitFn = Callable[[jax.Array], PyTree]
 
 __all__ = [
     "BASELINES",
+    "CHAIN_KEY_TAG",
+    "chain_config",
+    "chain_ticket",
+    "chain_transform_key",
     "get_baseline",
     "make_ticket",
     "mask_reinit",
@@ -52,7 +122,10 @@ __all__ = [
     "permute_weights",
     "random_reinit",
     "run_baseline",
+    "run_baseline_chain",
 ]
+
+CHAIN_KEY_TAG = 2000  # fold_in tag of the chains' transform keys (the run key's other streams: split, ≥ 1000)
 
 
 def _need_init(init_fn, name):
@@ -218,4 +291,120 @@ def run_baseline(
         records.append(record)
         if callback is not None:
             callback(record)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# baseline chains (the original's semantics, see the module doc)
+
+
+def chain_transform_key(key: jax.Array, level: int) -> jax.Array:
+    """The transform key of ``level`` for run key ``key``, common to every baseline chain of the run (O3)."""
+    return jax.random.fold_in(jax.random.fold_in(key, CHAIN_KEY_TAG), level)
+
+
+def chain_ticket(
+    name: str, key: jax.Array, theta0: PyTree, mask: PyTree, init_fn: InitFn | None = None, prunable=None
+) -> tuple[PyTree, PyTree]:
+    """``(θ₀' ⊙ m', m')`` of baseline ``name`` at one level of its chain: ``mask`` is the chain's own
+    pruned mask, ``key`` the level's :func:`chain_transform_key`. As :func:`make_ticket`, except that
+    ``mask_reinit`` draws its init from ``split(key)[1]``, the key ``random_reinit`` draws its init from,
+    so the two chains share the fresh init of every level, as in the original (O5)."""
+    fn = get_baseline(name)
+    if name == "mask_reinit":
+        key = jax.random.split(key)[1]
+    return fn(key, theta0, mask, init_fn, prunable=prunable)
+
+
+def chain_config(name: str, config: IMPConfig) -> IMPConfig:
+    """The pruning settings of baseline ``name``'s chain: ``config`` (its IMP criterion, schedule, scope),
+    with scope ``global`` for ``random_reinit`` (its random global mask need not hold a layerwise level's
+    per-layer counts; only its count is used)."""
+    get_baseline(name)
+    return config.replace(scope="global") if name == "random_reinit" else config
+
+
+def run_baseline_chain(
+    key: jax.Array,
+    trainer: Trainer,
+    name: str,
+    config: IMPConfig,
+    theta0: PyTree,
+    *,
+    level0: LevelRecord | None = None,
+    start_level: int = 0,
+    start_mask: PyTree | None = None,
+    end_level: int | None = None,
+    callback: Callable[[LevelRecord], Any] | None = None,
+    prunable=None,
+    keep_params: bool = True,
+) -> list[LevelRecord]:
+    """Baseline ``name`` as its own IMP chain (see the module doc), levels ``start_level … end_level − 1``.
+
+    ``key``: the RUN key of the IMP chain it controls (training and scoring use that chain's level keys);
+    ``config``: that chain's ``IMPConfig`` (criterion, schedule); ``theta0``: the run's unmasked θ₀.
+    ``level0``: the IMP chain's finished level-0 record, reused as the chain's level 0 instead of training
+    the identical dense run again (it must carry ``next_mask``). ``start_level > 0`` resumes and needs
+    ``start_mask``, the chain's own ``next_mask`` of level ``start_level − 1`` (the mask BEFORE the
+    baseline's transform). Every record's ``theta_start`` is the level's start ``θ₀' ⊙ m'``.
+    """
+    get_baseline(name)
+    if not isinstance(config, IMPConfig):
+        raise TypeError(f"config must be an IMPConfig, got {type(config).__name__}")
+    for method in ("init_params", "train"):
+        if not callable(getattr(trainer, method, None)):
+            raise TypeError(f"trainer must implement the Trainer protocol; it has no method {method!r}")
+    tname = trainer_name(trainer)
+    criteria_lib.check_trainer_compatible(config.criterion, getattr(trainer, "provides_std", None), tname)
+    n = config.num_levels
+    if (
+        isinstance(start_level, bool)
+        or not isinstance(start_level, (int, np.integer))
+        or not (0 <= start_level < n)
+    ):
+        raise ValueError(f"start_level must be an integer in 0..{n - 1}, got {start_level!r}")
+    end = n if end_level is None else end_level
+    if isinstance(end, bool) or not isinstance(end, (int, np.integer)) or not (start_level < end <= n):
+        raise ValueError(f"end_level must be an integer in {start_level + 1}..{n}, got {end_level!r}")
+    if start_level > 0 and start_mask is None:
+        raise ValueError(
+            f"start_level={start_level} resumes a chain and needs start_mask (the chain's next_mask of "
+            f"level {start_level - 1})"
+        )
+    if level0 is not None:
+        if not isinstance(level0, LevelRecord) or level0.level != 0:
+            raise ValueError(f"level0 must be the IMP chain's level-0 LevelRecord, got {level0!r}")
+        if n > 1 and level0.next_mask is None:
+            raise ValueError("level0 has no next_mask; a chain continues from it")
+    cfg = chain_config(name, config)
+    schedule = config.schedule
+    mask = None
+    if start_level > 0:
+        # random_reinit under scope layerwise: level 1 starts from IMP's layerwise count, later levels from
+        # a global prune (``chain_config``), so only the other chains' counts are fixed by the schedule
+        loose = name == "random_reinit" and config.scope != "global"
+        expected = None if loose else schedule.kept(start_level, theta0, prunable)
+        loop.check_mask(start_mask, theta0, expected, prunable, "start_mask")
+        mask = jax.tree_util.tree_map(lambda m: jnp.asarray(m, bool), start_mask)
+    records = []
+    for level in range(int(start_level), int(end)):
+        if level == 0:
+            # O2: the chain's level 0 IS the IMP chain's dense level 0 (same θ₀, mask, keys)
+            theta_b = theta0
+            if level0 is not None:
+                record = level0
+            else:
+                dense = masks_lib.ones(theta0)
+                record = loop.run_level(key, trainer, theta0, dense, 0, config, prunable, keep_params)
+        else:
+            theta_b, mask_b = chain_ticket(
+                name, chain_transform_key(key, level), theta0, mask, trainer.init_params, prunable
+            )
+            masks_lib.check_congruent(theta0, theta_b, field=f"{name} init")
+            record = loop.run_level(key, trainer, theta_b, mask_b, level, cfg, prunable, keep_params)
+        record = dataclasses.replace(record, theta_start=theta_b if keep_params else None)
+        records.append(record)
+        if callback is not None:
+            callback(record)
+        mask = record.next_mask
     return records

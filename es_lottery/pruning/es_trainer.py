@@ -50,6 +50,7 @@ from es_lottery import networks
 from es_lottery._checks import check_int
 from es_lottery.pruning.loop import TrainResult
 from es_lottery.search import es
+from es_lottery.tasks import base as tasks_base
 
 PyTree = Any
 SegmentHook = Callable[[dict], Any]
@@ -225,11 +226,14 @@ def _concat(a: dict | None, b: dict) -> dict:
 
 
 class ESTrainer:
-    """Masked ES classification trainer (``Trainer`` protocol) for iterative pruning.
+    """Masked ES trainer (``Trainer`` protocol) for iterative pruning, on any task of the task protocol.
 
-    Fitness: −cross-entropy on a fresh training batch per generation; evaluation: test accuracy of the
-    mean (``es.make_classification_task``). Inputs of image datasets keep their (n, 28, 28, 1) shape; MLPs
-    flatten trailing dimensions.
+    Classification keeps its constructor: ``ESTrainer(module, x_train, y_train, x_test, y_test, config)``
+    — fitness −cross-entropy on a fresh training batch per generation, evaluation the test accuracy of the
+    mean (``es.make_classification_task``); image inputs keep their (n, 28, 28, 1) shape, MLPs flatten
+    trailing dimensions. Any other task (control, a user's function): :meth:`from_task`. The task's state
+    (a control task's observation statistics) is part of the ES run state, its checkpoints and the
+    result (``TrainResult.task_state``: the state the returned mean was evaluated with).
     """
 
     provides_std = True
@@ -246,13 +250,44 @@ class ESTrainer:
         if not isinstance(config, ESTrainerConfig):
             raise TypeError(f"config must be an ESTrainerConfig, got {type(config).__name__}")
         module.validate()
-        self.module = module
-        self.config = config
-        self.task = es.make_classification_task(
+        task = es.make_classification_task(
             module, x_train, y_train, x_test, y_test, config.batch_size, config.chunk_size
         )
+        self._setup(task, config, lambda key: networks.init_params(key, module))
+        self.module = module
+
+    def _setup(self, task, config: ESTrainerConfig, init_params: Callable[[jax.Array], PyTree]) -> None:
+        self.task = task
+        self.config = config
+        self._init_params = init_params
+        self.module = getattr(task, "module", None)
         self.checkpointer: SegmentCheckpointer | None = None
         self.on_segment: SegmentHook | None = None
+
+    @classmethod
+    def from_task(
+        cls,
+        task,
+        config: ESTrainerConfig = ESTrainerConfig(),
+        init_params: Callable[[jax.Array], PyTree] | None = None,
+    ) -> ESTrainer:
+        """A trainer on any task of the protocol (``es_lottery.tasks.base.Task``). θ₀ comes from
+        ``init_params(key)`` or, when omitted, the task's own ``init_params`` (tasks that own a network).
+        ``config.batch_size`` and ``chunk_size`` belong to classification and are ignored here."""
+        if not isinstance(config, ESTrainerConfig):
+            raise TypeError(f"config must be an ESTrainerConfig, got {type(config).__name__}")
+        tasks_base.check_task(task)
+        if init_params is None:
+            init_params = getattr(task, "init_params", None)
+            if not callable(init_params):
+                raise ValueError(
+                    f"{type(task).__name__} has no init_params: pass init_params=... (key -> params tree)"
+                )
+        elif not callable(init_params):
+            raise TypeError("init_params must be callable: init_params(key) -> params tree")
+        trainer = cls.__new__(cls)
+        trainer._setup(task, config, init_params)
+        return trainer
 
     @classmethod
     def from_dataset(cls, module: nn.Module, dataset, config: ESTrainerConfig = ESTrainerConfig()):
@@ -279,11 +314,12 @@ class ESTrainer:
     # -- the Trainer protocol ------------------------------------------------------------------
 
     def init_params(self, key: jax.Array) -> PyTree:
-        return networks.init_params(key, self.module)
+        return self._init_params(key)
 
     def init_state(self, key: jax.Array, theta0: PyTree, mask: PyTree) -> es.ESRunState:
-        """A FRESH ES on ``mask``: mean θ₀ ⊙ mask, σ = σ_init, new optimiser state, generation 0."""
-        return _as_device(es.init(key, theta0, mask, self.config.es))
+        """A FRESH ES on ``mask``: mean θ₀ ⊙ mask, σ = σ_init, new optimiser state, generation 0 (and a
+        fresh task state)."""
+        return _as_device(es.init(key, theta0, mask, self.config.es, self.task))
 
     def train(self, key: jax.Array, theta0: PyTree, mask: PyTree) -> TrainResult:
         masks_lib.check_congruent(theta0, mask)
@@ -323,6 +359,7 @@ class ESTrainer:
             row = len(evals[key]) - 1
         final = es.mean_params(state, best=best)
         std = es.std_params(state, best=best)
+        task_state = state.best_task_state if best else state.task_state
         chosen = {
             f"test_{k}": float("nan") if row is None else float(v[row])
             for k, v in evals.items()
@@ -336,5 +373,9 @@ class ESTrainer:
             "generations": int(state.generation),
         }
         return TrainResult(
-            final_params=final, std_params=std, metrics=metrics, eval_score=chosen[f"test_{key}"]
+            final_params=final,
+            std_params=std,
+            metrics=metrics,
+            eval_score=chosen[f"test_{key}"],
+            task_state=_host(task_state) if task_state is not None else None,
         )

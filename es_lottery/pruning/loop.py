@@ -76,13 +76,15 @@ class TrainResult:
     ``final_params``: trained params (ES: the final mean), zeros at pruned entries.
     ``std_params``: per-weight std of the final search distribution (same tree), or ``None`` (GD).
     ``metrics``: any dict of arrays/numbers (curves, losses). ``eval_score``: the level's test score
-    (maximised: accuracy, return).
+    (maximised: accuracy, return). ``task_state``: the task state the final params were evaluated with
+    (a control task's observation statistics), or ``None``.
     """
 
     final_params: PyTree
     std_params: PyTree | None = None
     metrics: dict = struct.field(default_factory=dict)
     eval_score: Any = 0.0
+    task_state: PyTree | None = None
 
 
 @runtime_checkable

@@ -54,7 +54,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -76,8 +76,10 @@ from evosax.core.optimizer import scale_by_clipup
 from flax import struct
 
 from es_lottery import masks as masks_lib
-from es_lottery import population
 from es_lottery._checks import check_choice, check_int, check_number, check_positive
+from es_lottery.search import paper_settings
+from es_lottery.tasks import base as tasks_base
+from es_lottery.tasks import classification
 
 PyTree = Any
 
@@ -103,6 +105,7 @@ CLIPUP_VELOCITY_RATIO = 2.0  # max_velocity = 2 · lr, as evosax's PGPE default 
 LOW_FITNESS = -1e30  # stands in for non-finite fitness when a generation has no finite value at all
 CMA_STD_MIN = 1e-30  # evosax's CMA step size may underflow to exactly 0, then (x − mean)/std = 0/0 = NaN
 FROZEN_IN_MASKED = ("std", "C")  # per-coordinate statistics held fixed at pruned coordinates (masked space)
+TASK_KEY = 7919  # the task state is initialised with fold_in(init key, TASK_KEY)
 
 __all__ = [
     "ALGORITHMS",
@@ -111,7 +114,6 @@ __all__ = [
     "SEARCH_SPACES",
     "ESConfig",
     "ESRunState",
-    "ESTask",
     "SearchSpace",
     "ask",
     "best_mean_params",
@@ -125,7 +127,6 @@ __all__ = [
     "mean_params",
     "per_weight_std",
     "run",
-    "sample_batch",
     "std_params",
     "std_vector",
     "step",
@@ -154,7 +155,31 @@ class ESConfig:
         or ``"none"``; the last three only for PGPE, ARS and Open_ES (see the module doc).
     mean_decay: after each tell ``mean ← mean · (1 − mean_decay)``; in [0, 1).
     search_space: ``"compressed"`` (active entries only) or ``"masked"`` (full dimension, pruned = 0).
+
+    The paper's evosax 0.1.4 settings (:mod:`es_lottery.search.paper_settings`; each default = evosax 0.3):
+    sep_cma_rates: Sep-CMA-ES only: ``"evosax_0.3"`` (0.3.2's constants, inherited from full CMA-ES) or
+        ``"evosax_0.1.4"`` (the separable learning rates of the paper's evosax, c_μ scaled by (n + 2)/3).
+    elite_ratio: Sep-CMA-ES only: None (= 0.5) or the fraction in (0, 1] of the population that gets a
+        positive recombination weight (sets the weights and μ_eff); other values than 0.5 need
+        ``sep_cma_rates="evosax_0.1.4"`` (evosax 0.3 fixes its weights at the top half).
+    temperature: SNES only: 0 (evosax's rank weights) or > 0: evosax 0.1.4's ``softmax(−T · centred
+        rank)`` weights (the paper: 12).
+    sigma_decay, sigma_limit: PGPE only: after each tell ``std ← max(std · sigma_decay, sigma_limit)``
+        (evosax 0.1.4; the paper: 0.999 and 0.01); sigma_decay in (0, 1], sigma_limit ≥ 0. The defaults
+        1 and 0 leave std untouched.
     """
+
+    # Fields added after run directories were first named by a hash of every field, each with the value
+    # that reproduces the behaviour from before it existed and the algorithms it applies to. The IMP
+    # experiments' ``trainer_dict`` (the hashed dict) leaves such a field out while it holds that value or
+    # does not apply to the algorithm, so adding a field renames no existing run directory.
+    ADDED_FIELDS: ClassVar[dict[str, tuple[Any, tuple[str, ...]]]] = {
+        "sep_cma_rates": ("evosax_0.3", ("Sep_CMA_ES",)),
+        "elite_ratio": (None, ("Sep_CMA_ES",)),
+        "temperature": (0.0, ("SNES",)),
+        "sigma_decay": (1.0, ("PGPE",)),
+        "sigma_limit": (0.0, ("PGPE",)),
+    }
 
     algorithm: str = "SNES"
     population_size: int = 128
@@ -166,6 +191,11 @@ class ESConfig:
     fitness_shaping: str = "default"
     mean_decay: float = 0.0
     search_space: str = "compressed"
+    sep_cma_rates: str = "evosax_0.3"
+    elite_ratio: float | None = None
+    temperature: float = 0.0
+    sigma_decay: float = 1.0
+    sigma_limit: float = 0.0
 
     def __post_init__(self):
         check_choice(self.algorithm, ALGORITHMS, "algorithm")
@@ -202,6 +232,25 @@ class ESConfig:
             )
         check_number(self.mean_decay, "mean_decay", 0.0, 1.0, hi_open=True)
         check_choice(self.search_space, SEARCH_SPACES, "search_space")
+        check_choice(self.sep_cma_rates, paper_settings.SEP_CMA_RATES, "sep_cma_rates")
+        if self.elite_ratio is not None:
+            check_number(self.elite_ratio, "elite_ratio", 0.0, 1.0, lo_open=True)
+            if self.sep_cma_rates == "evosax_0.3" and self.elite_ratio != paper_settings.DEFAULT_ELITE_RATIO:
+                raise ValueError(
+                    f"elite_ratio={self.elite_ratio!r} needs sep_cma_rates='evosax_0.1.4': evosax 0.3's "
+                    "Sep-CMA-ES fixes its recombination weights at the top half (elite_ratio 0.5 or None)"
+                )
+        check_number(self.temperature, "temperature", 0.0)
+        check_number(self.sigma_decay, "sigma_decay", 0.0, 1.0, lo_open=True)
+        check_number(self.sigma_limit, "sigma_limit", 0.0)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, (_, algorithms) in self.ADDED_FIELDS.items():
+            value = getattr(self, name)
+            if self.algorithm not in algorithms and value != defaults[name]:
+                raise ValueError(
+                    f"{name} applies to {', '.join(algorithms)} only; leave it at its default "
+                    f"{defaults[name]!r} for {self.algorithm}, got {value!r}"
+                )
 
     def replace(self, **kw) -> ESConfig:
         return dataclasses.replace(self, **kw)
@@ -238,12 +287,19 @@ def make_algorithm(config: ESConfig, dim: int):
 
     Built eagerly (``jax.ensure_compile_time_eval``) so that the cached objects hold no tracers even when
     first requested inside a jitted function.
+
+    The paper's evosax 0.1.4 settings (:mod:`~es_lottery.search.paper_settings`) enter here: Sep-CMA-ES
+    with ``sep_cma_rates="evosax_0.1.4"`` is :class:`~es_lottery.search.paper_settings.SepCMAES014` (its
+    elite ratio ``elite_ratio``); PGPE with a ``sigma_decay``/``sigma_limit`` is
+    :class:`~es_lottery.search.paper_settings.PGPEStdDecay`; SNES with ``temperature`` > 0 gets 0.1.4's
+    temperature weights as ``params.weights``. At the defaults the algorithms are evosax's own.
     """
     if not isinstance(config, ESConfig):
         raise TypeError(f"config must be an ESConfig, got {type(config).__name__}")
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise ValueError(f"the search dimension must be ≥ 1, got {dim!r} (does the mask keep anything?)")
     name = config.algorithm
+    cls = EVOSAX_CLASSES[name]
     kwargs: dict[str, Any] = {}
     if config.optimizer != "default":
         kwargs["optimizer"] = _optimizer(config)
@@ -251,11 +307,19 @@ def make_algorithm(config: ESConfig, dim: int):
         kwargs["fitness_shaping_fn"] = _SHAPING_FNS[config.fitness_shaping]
     if name in SCALAR_STD:
         kwargs["std_schedule"] = optax.constant_schedule(float(config.sigma_init))
+    if name == "Sep_CMA_ES" and config.sep_cma_rates == "evosax_0.1.4":
+        cls = paper_settings.SepCMAES014
+        if config.elite_ratio is not None:
+            kwargs["elite_ratio"] = float(config.elite_ratio)
+    if name == "PGPE" and (config.sigma_decay != 1.0 or config.sigma_limit != 0.0):
+        cls = paper_settings.PGPEStdDecay
+        kwargs.update(std_decay=float(config.sigma_decay), std_limit=float(config.sigma_limit))
     with jax.ensure_compile_time_eval():
-        algo = EVOSAX_CLASSES[name](
-            int(config.population_size), jnp.zeros((int(dim),), jnp.float32), **kwargs
-        )
+        algo = cls(int(config.population_size), jnp.zeros((int(dim),), jnp.float32), **kwargs)
         params = algo.default_params
+        if name == "SNES" and config.temperature > 0:
+            weights = paper_settings.snes_temperature_weights(config.population_size, config.temperature)
+            params = params.replace(weights=jnp.asarray(weights, jnp.float32))
         if hasattr(params, "std_init"):
             params = params.replace(std_init=jnp.asarray(config.sigma_init, jnp.float32))
         if hasattr(params, "std_min"):  # CMA_ES, Sep_CMA_ES: a floor that only acts after std underflows
@@ -377,106 +441,18 @@ def make_space(kind: str, mask: PyTree, params: PyTree | None = None) -> SearchS
 # tasks
 
 
-@dataclass(frozen=True)
-class _Bound:
-    """Adapts a closure ``fn(*args)`` to the ``fn(data, *args)`` signature of :class:`ESTask`."""
-
-    fn: Callable
-
-    def __call__(self, data, *args):
-        return self.fn(*args)
-
-
-@struct.dataclass
-class ESTask:
-    """A fitness source: ``fitness_fn(key, member_params) -> (P,)`` to MAXIMISE, and optionally
-    ``eval_fn(params) -> {name: scalar}`` for the mean (``score_key`` names the entry that picks the best).
-
-    ``data`` (a pytree of arrays) is passed to ``fitness(data, key, member_params)`` and
-    ``evaluate(data, params)`` as a traced argument, so datasets are not baked into the compiled code;
-    ``fitness``/``evaluate`` are static (hashable) callables. Use :func:`make_task` for plain closures.
-    """
-
-    data: PyTree
-    fitness: Callable = struct.field(pytree_node=False)
-    evaluate: Callable | None = struct.field(pytree_node=False, default=None)
-    score_key: str = struct.field(pytree_node=False, default="score")
-
-    @property
-    def has_eval(self) -> bool:
-        return self.evaluate is not None
-
-    def fitness_fn(self, key: jax.Array, member_params: PyTree) -> jax.Array:
-        return self.fitness(self.data, key, member_params)
-
-    def eval_fn(self, params: PyTree) -> dict:
-        if self.evaluate is None:
-            return {}
-        return self.evaluate(self.data, params)
-
-
 def make_task(
     fitness_fn: Callable[[jax.Array, PyTree], jax.Array],
     eval_fn: Callable[[PyTree], dict] | None = None,
     score_key: str = "score",
-) -> ESTask:
-    """An :class:`ESTask` from closures ``fitness_fn(key, member_params)`` and ``eval_fn(params)``.
+) -> tasks_base.FunctionTask:
+    """A task from closures ``fitness_fn(key, member_params) -> (P,)`` (to maximise) and
+    ``eval_fn(params) -> {name: scalar}``: ``tasks.base.from_function(fitness_fn, batched=True, …)``.
 
-    Arrays captured by the closures become compile-time constants; for large datasets build the
-    :class:`ESTask` with ``data`` instead (see :func:`make_classification_task`).
+    Arrays captured by the closures become compile-time constants; for large datasets pass them as
+    ``data`` to :func:`es_lottery.tasks.base.from_function`, or use a ``ClassificationTask``.
     """
-    if not callable(fitness_fn):
-        raise TypeError("fitness_fn must be callable: fitness_fn(key, member_params) -> (P,) fitness")
-    if eval_fn is not None and not callable(eval_fn):
-        raise TypeError("eval_fn must be None or callable: eval_fn(params) -> dict of scalars")
-    return ESTask(
-        data=None,
-        fitness=_Bound(fitness_fn),
-        evaluate=None if eval_fn is None else _Bound(eval_fn),
-        score_key=score_key,
-    )
-
-
-def sample_batch(key: jax.Array, x: jax.Array, y: jax.Array, batch_size: int | None):
-    """The training batch of one generation: ``batch_size`` distinct examples drawn uniformly with ``key``
-    (all of them, in order, when ``batch_size`` is None or ≥ the data size)."""
-    n = x.shape[0]
-    if batch_size is None or batch_size >= n:
-        return x, y
-    idx = jax.random.choice(key, n, (batch_size,), replace=False)
-    return x[idx], y[idx]
-
-
-def _chunk_for(module: nn.Module, member_params, n: int, chunk_size) -> int:
-    npop = population.population_size(member_params)
-    widest = max(np.shape(w)[-1] for w in jax.tree_util.tree_leaves(member_params))
-    return population._resolve_chunk(chunk_size, n, population._per_example_bytes(module, npop, widest))
-
-
-@dataclass(frozen=True)
-class _CrossEntropyFitness:
-    module: nn.Module
-    batch_size: int | None
-    chunk_size: int | str | None
-
-    def __call__(self, data, key, member_params):
-        xb, yb = sample_batch(key, data["x_train"], data["y_train"], self.batch_size)
-        chunk = _chunk_for(self.module, member_params, xb.shape[0], self.chunk_size)
-        out = population.eval_params_jit(self.module, member_params, xb, yb, ("cross_entropy",), chunk)
-        return -out["cross_entropy"]
-
-
-@dataclass(frozen=True)
-class _TestAccuracy:
-    module: nn.Module
-    chunk_size: int | str | None
-
-    def __call__(self, data, params):
-        member = jax.tree_util.tree_map(lambda a: a[None], params)
-        x, y = data["x_test"], data["y_test"]
-        chunk = _chunk_for(self.module, member, x.shape[0], self.chunk_size)
-        out = population.eval_params_jit(self.module, member, x, y, ("accuracy", "cross_entropy"), chunk)
-        return {"accuracy": out["accuracy"][0], "cross_entropy": out["cross_entropy"][0]}
+    return tasks_base.from_function(fitness_fn, batched=True, evaluate=eval_fn, score_key=score_key)
 
 
 def make_classification_task(
@@ -487,34 +463,22 @@ def make_classification_task(
     y_test,
     batch_size: int | None = 1024,
     chunk_size: int | str | None = "auto",
-) -> ESTask:
-    """Classification: fitness = −mean cross-entropy of each member on a FRESH random training batch per
-    generation (the same batch for every member of a generation, drawn with the fitness key); eval = test
-    accuracy (and cross-entropy) of the mean on the full test set. ``score_key="accuracy"``.
-
+) -> classification.ClassificationTask:
+    """The ES classification task: fitness = −mean cross-entropy of each member on a FRESH random training
+    batch per generation (the same batch for every member of a generation, drawn with the fitness key);
+    eval = test accuracy (and cross-entropy) of the mean on the full test set; ``score_key="accuracy"``.
     ``batch_size=None`` (or ≥ the training size) uses the whole training set every generation.
+    (``classification.make_task(module, objective="cross_entropy", batch_size=…)``.)
     """
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
-    population._resolve_chunk(chunk_size, 1, 1)  # validates chunk_size
-    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        population._check_data(module, x, y, ("cross_entropy",))
-        if np.ndim(y) != 1 or not np.issubdtype(np.asarray(y).dtype, np.integer) or np.min(y) < 0:
-            raise ValueError(f"y_{name} must hold integer class labels ≥ 0 of shape (n,)")
-    data = {
-        "x_train": jnp.asarray(x_train, jnp.float32),
-        "y_train": jnp.asarray(y_train, jnp.int32),
-        "x_test": jnp.asarray(x_test, jnp.float32),
-        "y_test": jnp.asarray(y_test, jnp.int32),
-    }
-    bs = None if batch_size is None else int(batch_size)
-    return ESTask(
-        data=data,
-        fitness=_CrossEntropyFitness(module, bs, chunk_size),
-        evaluate=_TestAccuracy(module, chunk_size),
-        score_key="accuracy",
+    return classification.make_task(
+        module,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        objective="cross_entropy",
+        batch_size=batch_size,
+        chunk_size=chunk_size,
     )
 
 
@@ -530,6 +494,8 @@ class ESRunState:
     generation: jax.Array  # int32: generations done
     best_eval: jax.Array  # float32: best eval score of the mean so far (−inf before the first eval)
     best_es_state: Any  # the evosax state at that best evaluation
+    task_state: Any  # the task's state (a control task's observation statistics; None: stateless)
+    best_task_state: Any  # the task state at the best evaluation (the best mean is evaluated with it)
     space: SearchSpace = struct.field(pytree_node=False)
     algorithm: str = struct.field(pytree_node=False)
 
@@ -551,6 +517,18 @@ def _check_config(config, state: ESRunState | None = None) -> ESConfig:
     return config
 
 
+def _check_task_state(task, state: ESRunState) -> None:
+    """The run state must carry a state of the task's structure (``es.init(..., task=task)``)."""
+    tasks_base.check_task(task)
+    want = jax.eval_shape(task.init_state, jax.random.key(0))
+    have = jax.tree_util.tree_structure(state.task_state)
+    if jax.tree_util.tree_structure(want) != have:
+        raise ValueError(
+            f"the ES state carries a task state of structure {have}, but this task's state is "
+            f"{jax.tree_util.tree_structure(want)}: initialise the ES with es.init(..., task=task)"
+        )
+
+
 def _strong(tree):
     """Every leaf as a strongly typed array (evosax states start with Python scalars such as
     ``generation_counter=0``), so that scan carries keep one type."""
@@ -558,27 +536,41 @@ def _strong(tree):
 
 
 @partial(jax.jit, static_argnames=("space", "config"))
-def init_from_space(key: jax.Array, theta0: PyTree, space: SearchSpace, config: ESConfig) -> ESRunState:
+def init_from_space(
+    key: jax.Array, theta0: PyTree, space: SearchSpace, config: ESConfig, task: Any = None
+) -> ESRunState:
     """Jittable :func:`init` for a prepared search space."""
     algo, params = make_algorithm(config, space.dim)
     mean = space.from_params(theta0).astype(jnp.float32)
     es_state = _strong(algo.init(key, mean, params))
+    task_state = None if task is None else _strong(task.init_state(jax.random.fold_in(key, TASK_KEY)))
     return ESRunState(
         es_state=es_state,
         generation=jnp.int32(0),
         best_eval=jnp.float32(-jnp.inf),
         best_es_state=es_state,
+        task_state=task_state,
+        best_task_state=task_state,
         space=space,
         algorithm=config.algorithm,
     )
 
 
-def init(key: jax.Array, theta0_params: PyTree, mask: PyTree, config: ESConfig) -> ESRunState:
+def init(
+    key: jax.Array, theta0_params: PyTree, mask: PyTree, config: ESConfig, task: Any = None
+) -> ESRunState:
     """A FRESH ES on the weights kept by ``mask``: mean = θ₀ (⊙ mask), std = ``sigma_init`` everywhere,
-    new optimizer state. ``mask`` must be concrete (the search space is built on the host)."""
+    new optimizer state. ``mask`` must be concrete (the search space is built on the host).
+
+    ``task``: the task the ES will run on, when it has a state (``task.init_state``, drawn with
+    ``fold_in(key, TASK_KEY)``) — a control task's observation statistics; stateless tasks
+    (classification, plain functions) need not be given.
+    """
     config = _check_config(config)
+    if task is not None:
+        tasks_base.check_task(task)
     space = make_space(config.search_space, mask, theta0_params)
-    return init_from_space(key, theta0_params, space, config)
+    return init_from_space(key, theta0_params, space, config, task)
 
 
 def mean_params(state: ESRunState, best: bool = False) -> PyTree:
@@ -689,16 +681,19 @@ def tell(
     return state, metrics
 
 
-def _step(key, state: ESRunState, task: ESTask, config: ESConfig):
+def _step(key, state: ESRunState, task, config: ESConfig):
     k_ask, k_fit, k_tell = jax.random.split(key, 3)
     vectors, es_state = ask(k_ask, state, config)
-    fitness = task.fitness_fn(k_fit, state.space.to_params(vectors))
-    return tell(k_tell, state, es_state, vectors, fitness, config)
+    fitness, task_state = task.fitness(state.task_state, k_fit, state.space.to_params(vectors))
+    return tell(k_tell, state.replace(task_state=task_state), es_state, vectors, fitness, config)
 
 
 @partial(jax.jit, static_argnames=("config",))
-def step(key: jax.Array, state: ESRunState, task: ESTask, config: ESConfig):
-    """One generation: ask → to_params → fitness → tell → mean decay. Returns ``(state, metrics)``."""
+def step(key: jax.Array, state: ESRunState, task, config: ESConfig):
+    """One generation: ask → to_params → ``task.fitness`` → tell → mean decay. Returns ``(state, metrics)``.
+
+    ``task`` follows the task protocol (``es_lottery.tasks.base.Task``); its state travels in
+    ``state.task_state``."""
     return _step(key, state, task, config)
 
 
@@ -711,28 +706,31 @@ def generation_key(key: jax.Array, generation) -> jax.Array:
     return jax.random.fold_in(key, generation)
 
 
-def _chunk(key, state: ESRunState, task: ESTask, config: ESConfig, length: int):
+def _chunk(key, state: ESRunState, task, config: ESConfig, length: int):
     """``length`` generations, then evaluate the mean and keep the best. Returns (state, row, train)."""
 
     def body(st, _):
         return _step(generation_key(key, st.generation), st, task, config)
 
     state, train_metrics = jax.lax.scan(body, state, None, length=length)
-    if task.has_eval:
-        evals = {k: jnp.asarray(v, jnp.float32) for k, v in task.eval_fn(mean_params(state)).items()}
+    if getattr(task, "has_eval", True):
+        evals = task.evaluate(state.task_state, mean_params(state))
+        evals = {k: jnp.asarray(v, jnp.float32) for k, v in evals.items()}
         if task.score_key not in evals:
             raise ValueError(
-                f"eval_fn returned {sorted(evals)}, which lacks the score_key {task.score_key!r}"
+                f"the task's evaluate returned {sorted(evals)}, which lacks its score_key {task.score_key!r}"
             )
         score = evals[task.score_key]
         better = score > state.best_eval  # NaN never wins
-        best_es = jax.tree_util.tree_map(
-            lambda a, b: jnp.where(better, a, b), state.es_state, state.best_es_state
+        pick = partial(jax.tree_util.tree_map, lambda a, b: jnp.where(better, a, b))
+        state = state.replace(
+            best_eval=jnp.where(better, score, state.best_eval),
+            best_es_state=pick(state.es_state, state.best_es_state),
+            best_task_state=pick(state.task_state, state.best_task_state),
         )
-        state = state.replace(best_eval=jnp.where(better, score, state.best_eval), best_es_state=best_es)
     else:  # nothing to select with: the best is the latest
         evals = {}
-        state = state.replace(best_es_state=state.es_state)
+        state = state.replace(best_es_state=state.es_state, best_task_state=state.task_state)
     row = {"generation": state.generation, **evals, "best_eval": state.best_eval}
     return state, row, train_metrics
 
@@ -758,9 +756,7 @@ def _run(key, state, task, config, num_generations, eval_every):
     return state, {"eval": cat(*rows), "train": cat(*trains)}
 
 
-def run(
-    key: jax.Array, state: ESRunState, task: ESTask, config: ESConfig, num_generations: int, eval_every: int
-):
+def run(key: jax.Array, state: ESRunState, task, config: ESConfig, num_generations: int, eval_every: int):
     """Continue ``state`` for ``num_generations`` generations (generation g uses
     ``generation_key(key, g)``, so runs split into pieces with the same key reproduce one long run).
 
@@ -770,6 +766,7 @@ def run(
     generation: fitness statistics, ``n_nonfinite``, ``mean_norm``, ``std_mean``).
     """
     config = _check_config(config, state)
+    _check_task_state(task, state)
     num_generations = check_int(num_generations, "num_generations", 1)
     eval_every = check_int(eval_every, "eval_every", 1)
     return _run(key, state, task, config, num_generations, min(eval_every, num_generations))
@@ -779,7 +776,7 @@ def train(
     key: jax.Array,
     theta0: PyTree,
     mask: PyTree,
-    task: ESTask,
+    task,
     config: ESConfig,
     num_generations: int,
     eval_every: int,
@@ -789,5 +786,5 @@ def train(
     Use :func:`mean_params`, :func:`best_mean_params` and :func:`std_params` on the final state.
     """
     k_init, k_run = jax.random.split(key)
-    state = init(k_init, theta0, mask, config)
+    state = init(k_init, theta0, mask, config, task)
     return run(k_run, state, task, config, num_generations, eval_every)

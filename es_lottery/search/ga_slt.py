@@ -53,21 +53,24 @@ import numpy as np
 from flax import struct
 
 from es_lottery import masks as masks_lib
-from es_lottery import networks, population
+from es_lottery import networks
 from es_lottery._checks import check_int, check_rate
 from es_lottery.networks import MLP
 from es_lottery.search._generations import advance_generations, generation_key, history_buffers
+from es_lottery.tasks import base as tasks_base
+from es_lottery.tasks import classification
 
 VARIANTS = ("ga", "adaptive_ab", "static_ab")
 FITNESS = ("accuracy", "cross_entropy")
 ADAPTIVE_CAP = 200
 DEFAULT_CAP = 1000
+EVAL_KEY = 104729  # evaluation keys are fold_in(generation key, EVAL_KEY) (unused by classification)
+EVAL_WIDEST = 256  # the layer width make_task's test evaluation plans its data chunk with (as the tables)
 
 __all__ = [
     "VARIANTS",
     "GAConfig",
     "GAState",
-    "SLTTask",
     "adaptive_bound",
     "advance",
     "diversity",
@@ -167,43 +170,43 @@ class GAConfig:
         return dataclasses.replace(self, **kw)
 
 
-@struct.dataclass
-class SLTTask:
-    """A classification task for strong tickets: an MLP (static) and train/test data (arrays)."""
+def make_task(
+    module: nn.Module,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    num_classes: int | None = None,
+    config: GAConfig | None = None,
+) -> classification.ClassificationTask:
+    """The strong-ticket classification task (``module`` must be an ``MLP``; labels int).
 
-    x_train: jax.Array
-    y_train: jax.Array
-    x_test: jax.Array
-    y_test: jax.Array
-    module: nn.Module = struct.field(pytree_node=False)
-    num_classes: int = struct.field(pytree_node=False)
-
-
-def make_task(module: nn.Module, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> SLTTask:
-    """Validate and package a task (``module`` must be an ``MLP``; labels int)."""
+    Fitness on the whole train split: the train accuracy, or −cross-entropy with
+    ``config.fitness="cross_entropy"`` (accuracy is reported either way: the AB variants bound it); the
+    final population is scored by test accuracy. ``config.chunk_size`` sets the data chunk. The GA runs
+    on any task of the protocol (``es_lottery.tasks.base``); this builds the paper's.
+    """
     if not isinstance(module, MLP):
         raise TypeError(f"arch must be an MLP for the strong-ticket GA, got {type(module).__name__}")
+    config = GAConfig() if config is None else config
+    if not isinstance(config, GAConfig):
+        raise TypeError(f"config must be a GAConfig, got {type(config).__name__}")
     module.validate()
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         if np.ndim(x) != 2 or np.shape(x)[1] != module.sizes[0]:
             raise ValueError(f"{name} must have shape (n, {module.sizes[0]}), got {np.shape(x)}")
-    for name, x, y in (("y_train", x_train, y_train), ("y_test", x_test, y_test)):
-        if np.ndim(y) != 1 or np.shape(y)[0] != np.shape(x)[0]:
-            raise ValueError(
-                f"{name} must have shape ({np.shape(x)[0]},) (one label per input), got {np.shape(y)}"
-            )
-        if not np.issubdtype(np.asarray(y).dtype, np.integer) or np.min(y) < 0:
-            raise ValueError(f"{name} must hold integer class labels ≥ 0")
-    classes = int(num_classes or int(max(np.max(y_train), np.max(y_test))) + 1)
-    if classes > module.sizes[-1]:
-        raise ValueError(f"the data has {classes} classes but the arch has {module.sizes[-1]} outputs")
-    return SLTTask(
-        jnp.asarray(x_train, jnp.float32),
-        jnp.asarray(y_train, jnp.int32),
-        jnp.asarray(x_test, jnp.float32),
-        jnp.asarray(y_test, jnp.int32),
+    return classification.make_task(
         module,
-        classes,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        objective=config.fitness,
+        extra_metrics=("accuracy",),
+        eval_metrics=("accuracy",),
+        eval_widest=EVAL_WIDEST,
+        chunk_size=config.chunk_size,
     )
 
 
@@ -211,17 +214,22 @@ def make_task(module: nn.Module, x_train, y_train, x_test, y_test, num_classes: 
 # genome ↔ mask trees
 
 
-def _template(module: nn.Module):
-    return jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
+def _template(like):
+    """The params structure (shapes) of a network module or of a params tree."""
+    if isinstance(like, nn.Module):
+        return jax.eval_shape(lambda: networks.init_params(jax.random.key(0), like))
+    return like
 
 
-def genome_length(module: nn.Module) -> int:
-    return networks.num_prunable(_template(module))
+def genome_length(like) -> int:
+    """Mask bits of a genome: the prunable weights of ``like`` (a network module or a params tree)."""
+    return networks.num_prunable(_template(like))
 
 
-def genomes_to_masks(module: nn.Module, genomes: jax.Array):
-    """(B, L) bool genomes → a mask tree with leading axis B (biases all ones)."""
-    tmpl = _template(module)
+def genomes_to_masks(like, genomes: jax.Array):
+    """(B, L) bool genomes → a mask tree with leading axis B (biases all ones); ``like``: the network
+    module or a params tree of the same structure."""
+    tmpl = _template(like)
     flags = jax.tree_util.tree_leaves(masks_lib.prunable_flags(tmpl))
     leaves, treedef = jax.tree_util.tree_flatten(tmpl)
     out, offset = [], 0
@@ -266,6 +274,7 @@ class GAState:
     rejects: jax.Array  # rejected proposals since the bound last dropped
     fallback: jax.Array  # the bound's floor failed too: accept any proposal with a path
     n_evals: jax.Array  # total network evaluations so far
+    task_state: object = None  # the task's state (None for classification)
 
 
 def adaptive_bound(start: float, floor: float, drops) -> jax.Array:
@@ -275,41 +284,47 @@ def adaptive_bound(start: float, floor: float, drops) -> jax.Array:
     return jnp.maximum(jnp.float32(floor), jnp.float32(start) - jnp.sum(steps))
 
 
-def _bound_start(config: GAConfig, module: MLP) -> float:
+def _bound_start(config: GAConfig, module) -> float:
     if config.variant == "static_ab":
         return config.static_bound
     if config.bound_start is not None:
         return config.bound_start
+    if not isinstance(module, MLP):
+        return 0.85
     return 0.7 if sum(module.sizes[1:-1]) < 40 else 0.85
+
+
+def _module(task, config: GAConfig):
+    """The task's network; repair (AB variants) needs an ``MLP`` to check input→output paths."""
+    module = getattr(task, "module", None)
+    if config.use_repair and not isinstance(module, MLP):
+        raise ValueError(
+            f"repair (the AB variants' path check) needs a task with an MLP 'module', got "
+            f"{type(module).__name__}; set repair=False"
+        )
+    return module
 
 
 # ----------------------------------------------------------------------------------------------
 # evaluation
 
 
-def _evaluate(task: SLTTask, config: GAConfig, params, genomes):
-    """(fit, acc) of (B, L) genomes on the training data."""
-    metrics = ("accuracy", "cross_entropy") if config.fitness == "cross_entropy" else ("accuracy",)
-    masks = genomes_to_masks(task.module, genomes)
-    n = task.x_train.shape[0]
-    use_table = population._table_path_applies(task.module)
-    widest = max(task.module.sizes[1:]) * (2 ** task.module.sizes[0] if use_table else 1)
-    chunk = population._resolve_chunk(
-        config.chunk_size, n, population._per_example_bytes(task.module, genomes.shape[0], widest)
-    )
-    out = population.eval_masks_jit(
-        task.module, params, masks, task.x_train, task.y_train, metrics, chunk, use_table
-    )
-    acc = out["accuracy"]
-    fit = -out["cross_entropy"] if config.fitness == "cross_entropy" else acc
+def _evaluate(task, config: GAConfig, params, genomes, task_state, key):
+    """(fit, acc, task state) of (B, L) genomes: the task's fitness of the masked shared weights; ``acc``
+    is the task's ``"accuracy"`` metric (its fitness when it reports none). NaN fitness → −inf."""
+    masks = genomes_to_masks(params, genomes)
+    members = tasks_base.MaskedPopulation(params, masks, shared=True)
+    fit, metrics, task_state = tasks_base.fitness_metrics(task, task_state, key, members)
+    acc = metrics.get("accuracy", fit)
     fit = jnp.where(jnp.isnan(fit), -jnp.inf, fit)
-    return fit, acc
+    return fit, acc, task_state
 
 
-def _evaluate_valid(task: SLTTask, config: GAConfig, params, genomes, valid):
+def _evaluate_valid(task, config: GAConfig, params, genomes, valid, task_state, key):
     """Evaluate only the valid rows of ``genomes`` (C, L), in blocks; invalid rows get fit = −inf.
+    Block b evaluates with ``fold_in(key, b)``.
 
-    Returns (fit, acc, n_evaluated).
+    Returns (fit, acc, n_evaluated, task state).
     """
     cap, length = genomes.shape
     block = min(config.block, cap)
@@ -321,34 +336,38 @@ def _evaluate_valid(task: SLTTask, config: GAConfig, params, genomes, valid):
     fit0 = jnp.full((n_blocks_max * block,), -jnp.inf, jnp.float32)
 
     def body(carry):
-        b, fit, acc = carry
+        b, fit, acc, ts = carry
         rows = jax.lax.dynamic_slice_in_dim(padded, b * block, block)
-        f, a = _evaluate(task, config, params, rows)
+        f, a, ts = _evaluate(task, config, params, rows, ts, jax.random.fold_in(key, b))
         fit = jax.lax.dynamic_update_slice_in_dim(fit, f, b * block, 0)
         acc = jax.lax.dynamic_update_slice_in_dim(acc, a, b * block, 0)
-        return b + 1, fit, acc
+        return b + 1, fit, acc, ts
 
-    _, fit, acc = jax.lax.while_loop(lambda c: c[0] * block < count, body, (0, fit0, jnp.zeros_like(fit0)))
+    init = (0, fit0, jnp.zeros_like(fit0), task_state)
+    _, fit, acc, task_state = jax.lax.while_loop(lambda c: c[0] * block < count, body, init)
     in_range = jnp.arange(cap) < count
     fit_packed = jnp.where(in_range, fit[:cap], -jnp.inf)
     acc_packed = jnp.where(in_range, acc[:cap], 0.0)
     inverse = jnp.zeros(cap, jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
-    return fit_packed[inverse], acc_packed[inverse], count
+    return fit_packed[inverse], acc_packed[inverse], count, task_state
 
 
-def _fresh(key, task: SLTTask, config: GAConfig, state: GAState, need: int):
+def _fresh(key, task, config: GAConfig, state: GAState, need: int):
     """``need`` fresh individuals, with their fitness, honouring the accuracy bound of the AB variants.
 
-    Returns (genomes, fit, acc, state) with the bound bookkeeping and ``n_evals`` updated.
+    Returns (genomes, fit, acc, state) with the bound bookkeeping, ``n_evals`` and the task state updated.
     """
-    length = state.genomes.shape[1] if state.genomes.ndim == 2 else genome_length(task.module)
+    length = state.genomes.shape[1]
     batch = max(config.block, need) if config.variant != "ga" else need
-    module = task.module
+    module = _module(task, config)
 
     if config.variant == "ga":
         g = jax.random.bernoulli(key, 0.5, (need, length))
-        fit, acc, n = _evaluate_valid(task, config, state.params, g, jnp.ones(need, bool))
-        return g, fit, acc, state.replace(n_evals=state.n_evals + n)
+        k_eval = jax.random.fold_in(key, EVAL_KEY)
+        fit, acc, n, ts = _evaluate_valid(
+            task, config, state.params, g, jnp.ones(need, bool), state.task_state, k_eval
+        )
+        return g, fit, acc, state.replace(n_evals=state.n_evals + n, task_state=ts)
 
     start = _bound_start(config, module)
     adaptive = config.variant == "adaptive_ab"
@@ -360,7 +379,15 @@ def _fresh(key, task: SLTTask, config: GAConfig, state: GAState, need: int):
         filled, g_buf, f_buf, a_buf, st, k = c
         k, kb = jax.random.split(k)
         props = jax.random.bernoulli(kb, 0.5, (batch, length))
-        fit, acc, n = _evaluate_valid(task, config, st.params, props, jnp.ones(batch, bool))
+        fit, acc, n, ts = _evaluate_valid(
+            task,
+            config,
+            st.params,
+            props,
+            jnp.ones(batch, bool),
+            st.task_state,
+            jax.random.fold_in(kb, EVAL_KEY),
+        )
         path = has_path(module, props) if config.use_repair else jnp.ones(batch, bool)
         ok = jnp.where(st.fallback, path, (acc >= st.bound) & path)
         rank = jnp.cumsum(ok) - 1
@@ -382,6 +409,7 @@ def _fresh(key, task: SLTTask, config: GAConfig, state: GAState, need: int):
             rejects=jnp.where(exhausted, 0, rejects),
             fallback=fallback,
             n_evals=st.n_evals + n,
+            task_state=ts,
         )
         return filled + n_ok, g_buf, f_buf, a_buf, st, k
 
@@ -471,13 +499,14 @@ def _record(state: GAState, n_new, config: GAConfig) -> dict:
 
 
 @partial(jax.jit, static_argnames=("config",))
-def init(key: jax.Array, task: SLTTask, config: GAConfig) -> GAState:
-    """Draw the frozen weights and the initial population (evaluated and sorted)."""
+def init(key: jax.Array, task, config: GAConfig) -> GAState:
+    """Draw the frozen weights (``task.init_params``), the task state and the initial population
+    (evaluated and sorted)."""
     k_params, k_pop = jax.random.split(key)
-    params = networks.init_params(k_params, task.module)
-    length = genome_length(task.module)
+    params = task.init_params(k_params)
+    length = genome_length(params)
     n = config.pop_size
-    start = _bound_start(config, task.module) if config.variant != "ga" else 0.0
+    start = _bound_start(config, getattr(task, "module", None)) if config.variant != "ga" else 0.0
     state = GAState(
         params=params,
         genomes=jnp.zeros((n, length), bool),
@@ -493,6 +522,7 @@ def init(key: jax.Array, task: SLTTask, config: GAConfig) -> GAState:
         rejects=jnp.int32(0),
         fallback=jnp.bool_(False),
         n_evals=jnp.int32(0),
+        task_state=task.init_state(jax.random.fold_in(k_params, EVAL_KEY)),
     )
     g, fit, acc, state = _fresh(k_pop, task, config, state, n)
     zeros = length - jnp.sum(g, axis=1, dtype=jnp.int32)
@@ -503,9 +533,10 @@ def init(key: jax.Array, task: SLTTask, config: GAConfig) -> GAState:
     )
 
 
-def _step(key, state: GAState, task: SLTTask, config: GAConfig):
+def _step(key, state: GAState, task, config: GAConfig):
     n, length = state.genomes.shape
-    module = task.module
+    module = _module(task, config)
+    k_eval = jax.random.fold_in(key, EVAL_KEY)
     k_par, k_mate, k_cross, k_mut, k_pos, k_mig = jax.random.split(key, 6)
 
     # 1. recombination: first parents with p = rec_rate, mates uniform over the top par_rate·N
@@ -529,11 +560,15 @@ def _step(key, state: GAState, task: SLTTask, config: GAConfig):
         mig = jax.random.bernoulli(k_mig, 0.5, (config.n_migrants, length))
         new = jnp.concatenate([new, mig])
         new_valid = jnp.concatenate([new_valid, jnp.ones(config.n_migrants, bool)])
-        fit_new, acc_new, n_eval = _evaluate_valid(task, config, state.params, new, new_valid)
-        state = state.replace(n_evals=state.n_evals + n_eval)
+        fit_new, acc_new, n_eval, ts = _evaluate_valid(
+            task, config, state.params, new, new_valid, state.task_state, k_eval
+        )
+        state = state.replace(n_evals=state.n_evals + n_eval, task_state=ts)
     else:  # bounded migrants come with their fitness from the acceptance loop
-        fit_new, acc_new, n_eval = _evaluate_valid(task, config, state.params, new, new_valid)
-        state = state.replace(n_evals=state.n_evals + n_eval)
+        fit_new, acc_new, n_eval, ts = _evaluate_valid(
+            task, config, state.params, new, new_valid, state.task_state, k_eval
+        )
+        state = state.replace(n_evals=state.n_evals + n_eval, task_state=ts)
         mig, fit_mig, acc_mig, state = _fresh(k_mig, task, config, state, config.n_migrants)
         new = jnp.concatenate([new, mig])
         fit_new = jnp.concatenate([fit_new, fit_mig])
@@ -563,19 +598,19 @@ def _step(key, state: GAState, task: SLTTask, config: GAConfig):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def step(key: jax.Array, state: GAState, task: SLTTask, config: GAConfig):
+def step(key: jax.Array, state: GAState, task, config: GAConfig):
     """One generation: (state, metrics)."""
     return _step(key, state, task, config)
 
 
-def empty_history(task: SLTTask, config: GAConfig, state: GAState) -> dict:
+def empty_history(task, config: GAConfig, state: GAState) -> dict:
     """Per-generation history buffers with ``config.cap`` rows (NaN / −1 padding)."""
     return history_buffers(
         jax.eval_shape(lambda s: _step(jax.random.key(0), s, task, config)[1], state), config.cap
     )
 
 
-def _advance(k_run, state: GAState, hist: dict, task: SLTTask, config: GAConfig, until):
+def _advance(k_run, state: GAState, hist: dict, task, config: GAConfig, until):
     return advance_generations(
         lambda k, s: _step(k, s, task, config),
         lambda s: should_stop(s.generation, s.last_change, config),
@@ -587,7 +622,7 @@ def _advance(k_run, state: GAState, hist: dict, task: SLTTask, config: GAConfig,
 
 
 @partial(jax.jit, static_argnames=("config",))
-def advance(k_run, state: GAState, hist: dict, task: SLTTask, config: GAConfig, until):
+def advance(k_run, state: GAState, hist: dict, task, config: GAConfig, until):
     """Run generations until the termination rule or generation ``until`` (for progress reporting).
 
     Chunks of ``advance`` with the same ``k_run`` reproduce ``run`` exactly.
@@ -596,7 +631,7 @@ def advance(k_run, state: GAState, hist: dict, task: SLTTask, config: GAConfig, 
 
 
 @partial(jax.jit, static_argnames=("config",))
-def run(key: jax.Array, task: SLTTask, config: GAConfig):
+def run(key: jax.Array, task, config: GAConfig):
     """A whole run until the termination rule: (final state, per-generation history).
 
     The history has ``config.cap`` rows; rows at and after ``state.generation`` are padding (NaN / −1).
@@ -613,21 +648,20 @@ def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @partial(jax.jit, static_argnames=("config",))
-def evaluate_final(state: GAState, task: SLTTask, config: GAConfig) -> dict:
-    """Test accuracy of the train-best individual and the best test accuracy in the final population."""
-    masks = genomes_to_masks(task.module, state.genomes)
-    n = task.x_test.shape[0]
-    chunk = population._resolve_chunk(
-        config.chunk_size, n, population._per_example_bytes(task.module, state.genomes.shape[0], 256)
-    )
-    use_table = population._table_path_applies(task.module)
-    test = population.eval_masks_jit(
-        task.module, state.params, masks, task.x_test, task.y_test, ("accuracy",), chunk, use_table
-    )["accuracy"]
+def evaluate_final(state: GAState, task, config: GAConfig) -> dict:
+    """Test score (``task.score_key`` of ``evaluate_members``: test accuracy for classification) of the
+    train-best individual and the best test score in the final population. A task without test metrics
+    (``has_eval`` false) is scored by its fitness."""
+    masks = genomes_to_masks(state.params, state.genomes)
+    members = tasks_base.MaskedPopulation(state.params, masks, shared=True)
+    if getattr(task, "has_eval", True):
+        test = task.evaluate_members(state.task_state, members)[task.score_key]
+    else:
+        test = state.fit
     length = state.genomes.shape[1]
     sparsity = state.zeros / length
     best_test = jnp.argmax(test)
-    chance = jnp.max(jnp.bincount(task.y_train, length=task.num_classes)) / task.y_train.shape[0]
+    chance = getattr(task, "chance_accuracy", -jnp.inf)
     return {
         "train_acc": state.acc[0],
         "test_acc": test[0],

@@ -65,19 +65,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks, population
 from es_lottery._checks import check_choice, check_int, check_number, check_positive, check_rate
 from es_lottery.search._generations import advance_generations, generation_key, history_buffers
+from es_lottery.tasks import base as tasks_base
+from es_lottery.tasks import classification
+from es_lottery.tasks.supervised import (
+    TrainConfig,
+    evaluate_ticket,
+    per_example_loss,
+    population_loss,
+    predictions,
+    sgd_train,
+    train_population,
+    train_ticket,
+)
 
 PyTree = Any
 
 FITNESS = ("train_then_val", "forward", "train_val")
 SELECTIONS = ("rank", "tournament", "roulette_original")
 CROSSOVER_MODES = ("gene", "independent")
+TASK_KEY = 7919  # the task state is initialised with fold_in(evaluation key of init, TASK_KEY)
 
 __all__ = [
     "CROSSOVER_MODES",
@@ -85,7 +97,6 @@ __all__ = [
     "SELECTIONS",
     "NeTSConfig",
     "NeTSState",
-    "NeTSTask",
     "TrainConfig",
     "advance",
     "best_ticket",
@@ -122,30 +133,6 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------------------
 # configuration
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Masked SGD settings (hashable; a static argument). Used for the inner training of the fitness and
-    for the final training of tickets. ``momentum`` 0 is plain SGD (the paper's)."""
-
-    epochs: int = 50
-    lr: float = 0.1
-    batch_size: int = 64
-    momentum: float = 0.0
-    eval_chunk: int = 2048  # examples per forward pass when evaluating
-
-    def __post_init__(self):
-        check_int(self.epochs, "epochs", 1)
-        check_positive(self.lr, "lr")
-        check_int(self.batch_size, "batch_size", 1)
-        m = check_number(self.momentum, "momentum")
-        if not 0.0 <= m < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        check_int(self.eval_chunk, "eval_chunk", 1)
-
-    def replace(self, **kw) -> TrainConfig:
-        return dataclasses.replace(self, **kw)
 
 
 @dataclass(frozen=True)
@@ -228,50 +215,24 @@ class NeTSConfig:
 # task
 
 
-@struct.dataclass
-class NeTSTask:
-    """A classification task: a network (static) and train / validation data (arrays)."""
+def make_task(module: nn.Module, x_train, y_train, x_val, y_val, eval_chunk: int = 2048):
+    """NeTS's classification task: the log loss (binary cross-entropy on the logit of a 1-output network,
+    softmax cross-entropy otherwise) on the validation split, evaluated ``eval_chunk`` examples at a time;
+    the train split feeds the inner training (``train_members``). Labels are ints.
 
-    x_train: jax.Array
-    y_train: jax.Array
-    x_val: jax.Array
-    y_val: jax.Array
-    module: nn.Module = struct.field(pytree_node=False)
-
-
-def _out_dim(module: nn.Module) -> int:
-    params = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
-    xb = jax.ShapeDtypeStruct((1, *module.input_shape), jnp.float32)
-    return int(jax.eval_shape(lambda p, x: networks.apply(module, p, x), params, xb).shape[-1])
-
-
-def check_data(module: nn.Module, x, y, name: str) -> tuple[jax.Array, jax.Array]:
-    """Validate one split for ``module`` (flattened inputs are accepted) and convert it to arrays."""
-    in_shape = tuple(module.input_shape)
-    xs, ys = np.shape(x), np.shape(y)
-    if len(xs) < 2 or xs[0] < 1 or int(np.prod(xs[1:])) != int(np.prod(in_shape)):
-        raise ValueError(f"x_{name} must have shape (n, {', '.join(map(str, in_shape))}), got {xs}")
-    if ys != (xs[0],):
-        raise ValueError(f"y_{name} must have shape ({xs[0]},) (one label per input), got {ys}")
-    if not np.issubdtype(np.asarray(y).dtype, np.integer) or np.min(y) < 0:
-        raise ValueError(f"y_{name} must hold integer class labels ≥ 0")
-    out = _out_dim(module)
-    classes = 2 if out == 1 else out
-    if int(np.max(y)) >= classes:
-        raise ValueError(
-            f"y_{name} has label {int(np.max(y))} but the network has {out} output(s) "
-            f"({classes} classes{'; 1 output = binary logit' if out == 1 else ''})"
-        )
-    x = jnp.asarray(x, jnp.float32).reshape(xs[0], *in_shape)
-    return x, jnp.asarray(y, jnp.int32)
-
-
-def make_task(module: nn.Module, x_train, y_train, x_val, y_val) -> NeTSTask:
-    """Validate and package a task. Labels are ints; a 1-output network is a binary (logit) classifier."""
-    module.validate()
-    x_train, y_train = check_data(module, x_train, y_train, "train")
-    x_val, y_val = check_data(module, x_val, y_val, "val")
-    return NeTSTask(x_train, y_train, x_val, y_val, module)
+    NeTS runs on any task of the protocol (``es_lottery.tasks.base``): its loss is −fitness. The
+    ``train_*`` fitness variants also need the task's ``train_members`` (classification has it)."""
+    return classification.make_task(
+        module,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        objective="log_loss",
+        fitness_split="val",
+        eval_split="val",
+        chunk_size=check_int(eval_chunk, "eval_chunk", 1),
+    )
 
 
 def split_validation(x, y, fraction: float = 0.1, seed: int = 0):
@@ -297,21 +258,6 @@ def split_validation(x, y, fraction: float = 0.1, seed: int = 0):
 # loss, density and penalty
 
 
-def per_example_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Binary cross-entropy on the logit (1 output) or softmax cross-entropy (≥ 2 outputs)."""
-    if logits.shape[-1] == 1:
-        z = logits[..., 0]
-        return optax.sigmoid_binary_cross_entropy(z, y.astype(z.dtype))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
-
-
-def predictions(logits: jax.Array) -> jax.Array:
-    """Predicted class: logit > 0 (1 output) or argmax (first index wins ties)."""
-    if logits.shape[-1] == 1:
-        return (logits[..., 0] > 0).astype(jnp.int32)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
 def global_density(mask: PyTree, prunable=None) -> jax.Array:
     """Kept / total over ALL prunable weights of ONE mask (count-weighted, not a mean of layer densities)."""
     kept, total = masks_lib.count(mask, prunable)
@@ -330,182 +276,46 @@ def density_penalty(density, target_density: float) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# masked SGD (inner training and final training)
-
-
-def _epoch_batches(key: jax.Array, n: int, batch_size: int):
-    """Shuffled batches of one epoch: (indices (S, B), weights (S, B)); the last batch is zero-padded."""
-    steps = -(-n // batch_size)
-    pad = steps * batch_size - n
-    perm = jax.random.permutation(key, n).astype(jnp.int32)
-    idx = jnp.concatenate([perm, jnp.zeros((pad,), jnp.int32)]).reshape(steps, batch_size)
-    w = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-    return idx, w.reshape(steps, batch_size)
-
-
-def _batch_loss(params, module, x, y, w):
-    loss = per_example_loss(networks.apply(module, params, x), y)
-    return jnp.sum(w * loss) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def sgd_train(
-    key: jax.Array,
-    params: PyTree,
-    mask: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    module: nn.Module,
-    config: TrainConfig,
-) -> tuple[PyTree, jax.Array]:
-    """Masked SGD from ``params ⊙ mask``: (trained params, per-epoch mean training loss).
-
-    Gradients are masked and the mask is re-applied after every update, so pruned weights stay exactly 0.
-    Epoch e shuffles with ``fold_in(key, e)``; every example counts once per epoch. Pure and vmap-safe.
-    """
-    n = x.shape[0]
-    bs = min(int(config.batch_size), n)
-    opt = optax.sgd(config.lr, momentum=config.momentum if config.momentum > 0 else None)
-    params = masks_lib.apply(params, mask)
-    grad_fn = jax.value_and_grad(_batch_loss)
-
-    def step(carry, batch):
-        p, s = carry
-        idx, w = batch
-        loss, g = grad_fn(p, module, x[idx], y[idx], w)
-        updates, s = opt.update(masks_lib.apply(g, mask), s, p)
-        p = masks_lib.apply(optax.apply_updates(p, updates), mask)
-        return (p, s), loss * jnp.sum(w)
-
-    def epoch(carry, e):
-        idx, w = _epoch_batches(jax.random.fold_in(key, e), n, bs)
-        carry, weighted = jax.lax.scan(step, carry, (idx, w))
-        return carry, jnp.sum(weighted) / n
-
-    (params, _), losses = jax.lax.scan(epoch, (params, opt.init(params)), jnp.arange(config.epochs))
-    return params, losses
-
-
-def train_population(
-    key: jax.Array,
-    member_params: PyTree,
-    member_masks: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    module: nn.Module,
-    config: TrainConfig,
-) -> tuple[PyTree, jax.Array]:
-    """``sgd_train`` of every member (leading axis P) with the same key (same batch order) — ONE program:
-    ``vmap`` over members of the epoch/batch scans. Returns (trained params (P, …), losses (P, epochs))."""
-    return jax.vmap(lambda p, m: sgd_train(key, p, m, x, y, module, config))(member_params, member_masks)
-
-
-def _chunked(x, y, chunk: int):
-    n = x.shape[0]
-    c = min(int(chunk), n)
-    steps = -(-n // c)
-    pad = steps * c - n
-    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(steps, c, *x.shape[1:])
-    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(steps, c)
-    vp = (jnp.arange(steps * c) < n).reshape(steps, c)
-    return xp, yp, vp
-
-
-def population_loss(
-    module: nn.Module, member_params: PyTree, x: jax.Array, y: jax.Array, chunk: int = 2048
-) -> tuple[jax.Array, jax.Array]:
-    """(mean loss (P,), accuracy (P,)) of every member on ``(x, y)``, in chunks of ``chunk`` examples.
-
-    Uses the population forward kernel (``population.make_forward``): the input is shared by all members.
-    """
-    n = x.shape[0]
-    forward = population.make_forward(module, member_params)
-    npop = population.population_size(member_params)
-
-    def body(carry, batch):
-        loss, hits = carry
-        xb, yb, vb = batch
-        out = forward(xb)  # (P, c, out)
-        per = per_example_loss(out, jnp.broadcast_to(yb, out.shape[:2]))
-        hit = (predictions(out) == yb[None]) & vb[None]
-        return (
-            loss + jnp.sum(jnp.where(vb[None], per, 0.0), axis=1),
-            hits + jnp.sum(hit, 1, jnp.int32),
-        ), None
-
-    init = (jnp.zeros((npop,), jnp.float32), jnp.zeros((npop,), jnp.int32))
-    (loss, hits), _ = jax.lax.scan(body, init, _chunked(x, y, chunk))
-    return loss / n, hits / n
-
-
-def evaluate_ticket(
-    module: nn.Module, params: PyTree, x, y, chunk: int = 2048
-) -> tuple[jax.Array, jax.Array]:
-    """(accuracy, mean loss) of ONE network on ``(x, y)``, chunked, exact integer hit counts."""
-    n = x.shape[0]
-
-    def body(carry, batch):
-        hits, loss = carry
-        xb, yb, vb = batch
-        out = networks.apply(module, params, xb)
-        hit = (predictions(out) == yb) & vb
-        return (
-            hits + jnp.sum(hit, dtype=jnp.int32),
-            loss + jnp.sum(jnp.where(vb, per_example_loss(out, yb), 0.0)),
-        ), None
-
-    (hits, loss), _ = jax.lax.scan(
-        body, (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)), _chunked(x, y, chunk)
-    )
-    return hits / n, loss / n
-
-
-@partial(jax.jit, static_argnames=("module", "config"))
-def train_ticket(
-    key: jax.Array,
-    params: PyTree,
-    mask: PyTree,
-    x_train: jax.Array,
-    y_train: jax.Array,
-    x_test: jax.Array,
-    y_test: jax.Array,
-    module: nn.Module,
-    config: TrainConfig,
-) -> tuple[PyTree, dict]:
-    """Final training of a ticket: masked SGD from ``params ⊙ mask`` for ``config.epochs`` epochs, then the
-    test metrics. Returns (trained params, {train_loss (epochs,), test_accuracy, test_loss})."""
-    trained, losses = sgd_train(key, params, mask, x_train, y_train, module, config)
-    acc, loss = evaluate_ticket(module, trained, x_test, y_test, config.eval_chunk)
-    return trained, {"train_loss": losses, "test_accuracy": acc, "test_loss": loss}
-
-
-# ----------------------------------------------------------------------------------------------
 # fitness
 
 
 def evaluate_genomes(
-    key: jax.Array, member_params: PyTree, member_masks: PyTree, task: NeTSTask, config: NeTSConfig
+    key: jax.Array, member_params: PyTree, member_masks: PyTree, task, config: NeTSConfig, task_state=None
 ) -> dict:
     """Fitness of every genome (leading axis P): {fitness, loss, density, val_accuracy}, each (P,).
 
     ``loss`` is the fitness term without the density penalty (see the module doc for the variants);
-    non-finite losses become +inf. ``key`` sets the inner training's batch order.
+    non-finite losses become +inf. ``key`` sets the inner training's batch order. (Stateful tasks: see
+    :func:`_evaluate_genomes`, which also returns the task's new state.)
     """
-    module = task.module
+    return _evaluate_genomes(key, member_params, member_masks, task, config, task_state)[0]
+
+
+def _task_loss(task, task_state, key, members):
+    """(loss = −fitness, validation accuracy or NaN, task state)."""
+    fit, metrics, task_state = tasks_base.fitness_metrics(task, task_state, key, members)
+    return -fit, metrics.get("accuracy", jnp.full_like(fit, jnp.nan)), task_state
+
+
+def _evaluate_genomes(key, member_params, member_masks, task, config: NeTSConfig, task_state):
     density = member_density(member_masks)
+    members = tasks_base.MaskedPopulation(member_params, member_masks, shared=False)
     if config.fitness == "forward":
-        loss, acc = population_loss(
-            module, masks_lib.apply(member_params, member_masks), task.x_val, task.y_val, config.eval_chunk
-        )
+        loss, acc, task_state = _task_loss(task, task_state, key, members)
     else:
-        trained, _ = train_population(
-            key, member_params, member_masks, task.x_train, task.y_train, module, config.inner
-        )
-        loss, acc = population_loss(module, trained, task.x_val, task.y_val, config.eval_chunk)
+        if not callable(getattr(task, "train_members", None)):
+            raise ValueError(
+                f"NeTS fitness {config.fitness!r} trains every genome, so the task needs train_members "
+                f"(ClassificationTask has it); {type(task).__name__} has not — use fitness='forward'"
+            )
+        trained = task.train_members(key, members, config.inner)
+        loss, acc, task_state = _task_loss(task, task_state, key, trained)
         if config.fitness == "train_val":
-            loss = loss + population_loss(module, trained, task.x_train, task.y_train, config.eval_chunk)[0]
+            train_task = task.replace(fitness_split="train")
+            loss = loss + _task_loss(train_task, task_state, key, trained)[0]
     loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
     fitness = loss + density_penalty(density, config.target_density)
-    return {"fitness": fitness, "loss": loss, "density": density, "val_accuracy": acc}
+    return {"fitness": fitness, "loss": loss, "density": density, "val_accuracy": acc}, task_state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,8 +379,17 @@ def select(key: jax.Array, fitness: jax.Array, n: int, config: NeTSConfig) -> ja
 # variation operators (populations: leading axis C on every leaf)
 
 
-def _flags(module: nn.Module) -> list[bool]:
-    tmpl = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
+def _init_fn(like):
+    """``key -> params`` of a network module, or of anything with ``init_params`` (a task)."""
+    if isinstance(like, nn.Module):
+        return lambda k: networks.init_params(k, like)
+    if callable(getattr(like, "init_params", None)):
+        return like.init_params
+    raise TypeError(f"need a network module or a task with init_params, got {type(like).__name__}")
+
+
+def _flags(like) -> list[bool]:
+    tmpl = jax.eval_shape(_init_fn(like), jax.random.key(0))
     return jax.tree_util.tree_leaves(masks_lib.prunable_flags(tmpl))
 
 
@@ -661,14 +480,13 @@ def _default_flags(masks: PyTree, flags) -> list[bool]:
     ]
 
 
-def mutate(
-    key: jax.Array, params: PyTree, masks: PyTree, module: nn.Module, config: NeTSConfig
-) -> tuple[PyTree, PyTree]:
+def mutate(key: jax.Array, params: PyTree, masks: PyTree, like, config: NeTSConfig) -> tuple[PyTree, PyTree]:
     """Noise, resampling, dormancy and enabling of a population of children (leading axis C), in that
-    order (a resampled entry loses its noise)."""
+    order (a resampled entry loses its noise). ``like``: the network module or the task (resampling draws
+    from its ``init_params``)."""
     k_sel_n, k_noise, k_res, k_sel_r, k_dorm, k_en = jax.random.split(key, 6)
     n = population.population_size(params)
-    flags = _flags(module)
+    flags = _flags(like)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if config.noise_rate > 0 and config.noise_scale > 0:
         sel, eps = _draw(k_sel_n, leaves), _draw(k_noise, leaves, "normal")
@@ -677,7 +495,7 @@ def mutate(
             for x, u, e in zip(leaves, sel, eps, strict=True)
         ]
     if config.resample_rate > 0:
-        fresh = jax.vmap(lambda k: networks.init_params(k, module))(jax.random.split(k_res, n))
+        fresh = jax.vmap(_init_fn(like))(jax.random.split(k_res, n))
         fresh = jax.tree_util.tree_leaves(fresh)
         sel = _draw(k_sel_r, leaves)
         leaves = [
@@ -711,6 +529,7 @@ class NeTSState:
     best_density: jax.Array
     last_change: jax.Array  # generation at which best_fitness last changed
     n_evals: jax.Array
+    task_state: Any = None  # the task's state (None for classification)
 
 
 def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -723,8 +542,8 @@ def _take(tree: PyTree, idx) -> PyTree:
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
-def _initial_masks(key, params, module, config: NeTSConfig):
-    flags = _flags(module)
+def _initial_masks(key, params, like, config: NeTSConfig):
+    flags = _flags(like)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
     out = []
@@ -737,14 +556,14 @@ def _initial_masks(key, params, module, config: NeTSConfig):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def init(key: jax.Array, task: NeTSTask, config: NeTSConfig) -> NeTSState:
-    """Draw ``pop_size`` genomes (independent inits, masks dense unless ``init_density`` < 1), evaluate and
-    sort them."""
-    module = task.module
+def init(key: jax.Array, task, config: NeTSConfig) -> NeTSState:
+    """Draw ``pop_size`` genomes (independent ``task.init_params``, masks dense unless ``init_density``
+    < 1) and the task state, evaluate and sort them."""
     k_params, k_masks, k_eval = jax.random.split(key, 3)
-    params = jax.vmap(lambda k: networks.init_params(k, module))(jax.random.split(k_params, config.pop_size))
-    masks = _initial_masks(k_masks, params, module, config)
-    ev = evaluate_genomes(k_eval, params, masks, task, config)
+    params = jax.vmap(_init_fn(task))(jax.random.split(k_params, config.pop_size))
+    masks = _initial_masks(k_masks, params, task, config)
+    task_state = task.init_state(jax.random.fold_in(k_eval, TASK_KEY))
+    ev, task_state = _evaluate_genomes(k_eval, params, masks, task, config, task_state)
     order = rank_order(ev["fitness"])
     params, masks, ev = _take(params, order), _take(masks, order), {k: v[order] for k, v in ev.items()}
     return NeTSState(
@@ -762,6 +581,7 @@ def init(key: jax.Array, task: NeTSTask, config: NeTSConfig) -> NeTSState:
         best_density=ev["density"][0],
         last_change=jnp.int32(0),
         n_evals=jnp.int32(config.pop_size),
+        task_state=task_state,
     )
 
 
@@ -780,8 +600,7 @@ def _record(state: NeTSState) -> dict:
     }
 
 
-def _step(key: jax.Array, state: NeTSState, task: NeTSTask, config: NeTSConfig):
-    module = task.module
+def _step(key: jax.Array, state: NeTSState, task, config: NeTSConfig):
     n_child, n_elite = config.n_children, config.n_elite
     k_sel, k_do, k_cross, k_mut, k_eval = jax.random.split(key, 5)
 
@@ -799,9 +618,9 @@ def _step(key: jax.Array, state: NeTSState, task: NeTSTask, config: NeTSConfig):
         do_cross,
         config.crossover_mode,
     )
-    child_p, child_m = mutate(k_mut, child_p, child_m, module, config)
+    child_p, child_m = mutate(k_mut, child_p, child_m, task, config)
     # 4. evaluate the children; the elites keep their genomes and fitness bitwise
-    ev = evaluate_genomes(k_eval, child_p, child_m, task, config)
+    ev, task_state = _evaluate_genomes(k_eval, child_p, child_m, task, config, state.task_state)
     cat = lambda a, b: jnp.concatenate([a[:n_elite], b])  # noqa: E731
     pool_p = jax.tree_util.tree_map(cat, state.params, child_p)
     pool_m = jax.tree_util.tree_map(cat, state.masks, child_m)
@@ -832,12 +651,13 @@ def _step(key: jax.Array, state: NeTSState, task: NeTSTask, config: NeTSConfig):
         best_density=jnp.where(better, density[0], state.best_density),
         last_change=jnp.where(better, generation, state.last_change),
         n_evals=state.n_evals + n_child,
+        task_state=task_state,
     )
     return state, _record(state)
 
 
 @partial(jax.jit, static_argnames=("config",))
-def step(key: jax.Array, state: NeTSState, task: NeTSTask, config: NeTSConfig):
+def step(key: jax.Array, state: NeTSState, task, config: NeTSConfig):
     """One generation: (state, metrics)."""
     return _step(key, state, task, config)
 
@@ -850,12 +670,12 @@ def should_stop(generation, last_change, config: NeTSConfig) -> jax.Array:
     return stop
 
 
-def empty_history(task: NeTSTask, config: NeTSConfig, state: NeTSState) -> dict:
+def empty_history(task, config: NeTSConfig, state: NeTSState) -> dict:
     """Per-generation history buffers with ``config.generations`` rows (NaN / −1 padding)."""
     return history_buffers(jax.eval_shape(lambda s: _record(s), state), config.generations)
 
 
-def _advance(k_run, state: NeTSState, hist: dict, task: NeTSTask, config: NeTSConfig, until):
+def _advance(k_run, state: NeTSState, hist: dict, task, config: NeTSConfig, until):
     return advance_generations(
         lambda k, s: _step(k, s, task, config),
         lambda s: should_stop(s.generation, s.last_change, config),
@@ -867,14 +687,14 @@ def _advance(k_run, state: NeTSState, hist: dict, task: NeTSTask, config: NeTSCo
 
 
 @partial(jax.jit, static_argnames=("config",))
-def advance(k_run, state: NeTSState, hist: dict, task: NeTSTask, config: NeTSConfig, until):
+def advance(k_run, state: NeTSState, hist: dict, task, config: NeTSConfig, until):
     """Generations until the termination rule or generation ``until`` (chunks for progress reporting);
     chunks of ``advance`` with the same ``k_run`` reproduce ``run`` exactly."""
     return _advance(k_run, state, hist, task, config, until)
 
 
 @partial(jax.jit, static_argnames=("config",))
-def run(key: jax.Array, task: NeTSTask, config: NeTSConfig):
+def run(key: jax.Array, task, config: NeTSConfig):
     """A whole search: (final state, per-generation history with ``config.generations`` rows; rows at
     and after ``state.generation`` are padding)."""
     k_init, k_run = split_run_key(key)

@@ -23,9 +23,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
+from es_lottery import masks as masks_lib
+from es_lottery import networks, population
 from es_lottery._checks import check_int
+from es_lottery.tasks import base, supervised
 
 DATASETS = ("moons", "circles", "blobs", "digits", "xor", "mnist", "fashion_mnist", "kmnist")
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "kmnist")
@@ -391,3 +398,255 @@ def load_dataset(name: str, **kwargs: Any) -> Dataset:
     if name in IMAGE_DATASETS:
         return image_dataset(name, **kwargs)
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+OBJECTIVES = ("accuracy", "cross_entropy", "log_loss")
+SPLITS = ("train", "val", "test")
+
+
+def sample_batch(key, x, y, batch_size: int | None):
+    """``batch_size`` distinct examples drawn uniformly with ``key`` (all of them, in order, when
+    ``batch_size`` is None or ≥ the data size)."""
+    n = x.shape[0]
+    if batch_size is None or batch_size >= n:
+        return x, y
+    idx = jax.random.choice(key, n, (batch_size,), replace=False)
+    return x[idx], y[idx]
+
+
+@struct.dataclass
+class ClassificationTask(base.TaskBase):
+    """Classification as a task of the protocol (``tasks.base``). Build it with :func:`make_task`.
+
+    ``data`` holds ``x_<split>`` (float32) / ``y_<split>`` (int32) for the splits it has (train, val,
+    test). Fitness is computed on ``fitness_split`` — the whole split, or a FRESH random batch of
+    ``batch_size`` examples per call drawn with the fitness key (the same batch for every member of a
+    generation) — and is, by ``objective``:
+
+    * ``"accuracy"`` — the fraction of correct argmax predictions (the strong-ticket GA's fitness);
+    * ``"cross_entropy"`` — −mean softmax cross-entropy from the population kernels (the ES fitness);
+    * ``"log_loss"`` — −mean log loss from ``tasks.supervised`` (binary cross-entropy on the logit for
+      1-output networks; NeTS's loss).
+
+    ``fitness_metrics`` also returns the metrics named in ``extra_metrics`` (e.g. the GA reads accuracy
+    for its bound while maximising −cross-entropy). Members are per-member params (ES) or a
+    ``MaskedPopulation`` (shared weights: the GA table path applies where it can). ``evaluate`` gives the
+    accuracy and cross-entropy of ONE network on ``eval_split``; ``evaluate_members`` the ``eval_metrics``
+    of a population. ``chunk_size`` is the data chunk of the population kernels (``"auto"``, an int, None);
+    ``eval_widest`` overrides the layer width the "auto" rule assumes in ``evaluate_members`` (the
+    strong-ticket tables were computed with 256).
+    """
+
+    data: dict
+    module: nn.Module = struct.field(pytree_node=False)
+    num_classes: int = struct.field(pytree_node=False)
+    objective: str = struct.field(pytree_node=False, default="cross_entropy")
+    fitness_split: str = struct.field(pytree_node=False, default="train")
+    eval_split: str = struct.field(pytree_node=False, default="test")
+    batch_size: int | None = struct.field(pytree_node=False, default=None)
+    chunk_size: int | str | None = struct.field(pytree_node=False, default="auto")
+    extra_metrics: tuple[str, ...] = struct.field(pytree_node=False, default=())
+    eval_metrics: tuple[str, ...] = struct.field(pytree_node=False, default=("accuracy", "cross_entropy"))
+    eval_widest: int | None = struct.field(pytree_node=False, default=None)
+    score_key: str = struct.field(pytree_node=False, default="accuracy")
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def split(self, name: str) -> tuple[jax.Array, jax.Array]:
+        """``(x, y)`` of split ``name``."""
+        if f"x_{name}" not in self.data:
+            raise ValueError(f"this task has no {name!r} split; it has {', '.join(self.splits)}")
+        return self.data[f"x_{name}"], self.data[f"y_{name}"]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in SPLITS if f"x_{s}" in self.data)
+
+    @property
+    def chance_accuracy(self) -> jax.Array:
+        """Accuracy of always predicting the most frequent class of the fitness split."""
+        y = self.split(self.fitness_split)[1]
+        return jnp.max(jnp.bincount(y, length=self.num_classes)) / y.shape[0]
+
+    def init_params(self, key: jax.Array):
+        return networks.init_params(key, self.module)
+
+    # -- population metrics -------------------------------------------------------------------
+
+    def _kernel_metrics(self, members, x, y, metrics, widest=None):
+        npop = base.members_size(members)
+        if isinstance(members, base.MaskedPopulation) and members.shared:
+            table = population.table_path_applies(self.module)
+            w = population.widest_layer(members.params) if widest is None else widest
+            chunk = population.plan_chunk(
+                self.module, npop, x.shape[0], self.chunk_size, widest=w, table=table and widest is None
+            )
+            return population.eval_masks_jit(
+                self.module, members.params, members.masks, x, y, metrics, chunk, table
+            )
+        params = self._params(members)
+        w = population.widest_layer(params) if widest is None else widest
+        chunk = population.plan_chunk(self.module, npop, x.shape[0], self.chunk_size, widest=w)
+        return population.eval_params_jit(self.module, params, x, y, metrics, chunk)
+
+    @staticmethod
+    def _params(members):
+        if isinstance(members, base.MaskedPopulation):
+            if members.shared:
+                return base.member_params(members)
+            return masks_lib.apply(members.params, members.masks)
+        return members
+
+    def _log_loss(self, members, x, y):
+        chunk = x.shape[0] if self.chunk_size in (None, "auto") else int(self.chunk_size)
+        loss, acc = supervised.population_loss(self.module, self._params(members), x, y, chunk)
+        return {"log_loss": loss, "accuracy": acc}
+
+    def fitness_metrics(self, state, key, members):
+        x, y = sample_batch(key, *self.split(self.fitness_split), self.batch_size)
+        if self.objective == "log_loss":
+            out = self._log_loss(members, x, y)
+            return -out["log_loss"], out, state
+        wanted = {self.objective, *self.extra_metrics}
+        out = self._kernel_metrics(members, x, y, tuple(m for m in population.METRICS if m in wanted))
+        fit = out["accuracy"] if self.objective == "accuracy" else -out["cross_entropy"]
+        return fit, out, state
+
+    def evaluate(self, state, params):
+        member = jax.tree_util.tree_map(lambda a: a[None], params)
+        x, y = self.split(self.eval_split)
+        out = self._kernel_metrics(member, x, y, ("accuracy", "cross_entropy"))
+        return {k: v[0] for k, v in out.items()}
+
+    def evaluate_members(self, state, members):
+        x, y = self.split(self.eval_split)
+        if self.objective == "log_loss":
+            return self._log_loss(members, x, y)
+        return self._kernel_metrics(members, x, y, self.eval_metrics, self.eval_widest)
+
+    # -- gradient training (NeTS's inner training) --------------------------------------------
+
+    def train_members(self, key: jax.Array, members: base.MaskedPopulation, config: supervised.TrainConfig):
+        """Masked SGD of every member on the train split (``supervised.train_population``): the trained
+        per-member params (pruned entries exactly 0)."""
+        x, y = self.split("train")
+        trained, _ = supervised.train_population(
+            key, members.params, members.masks, x, y, self.module, config
+        )
+        return trained
+
+
+def make_task(
+    module: nn.Module,
+    data: Dataset | dict | None = None,
+    *,
+    objective: str = "cross_entropy",
+    fitness_split: str = "train",
+    eval_split: str = "test",
+    batch_size: int | None = None,
+    chunk_size: int | str | None = "auto",
+    extra_metrics: Iterable[str] = (),
+    eval_metrics: Iterable[str] = ("accuracy", "cross_entropy"),
+    eval_widest: int | None = None,
+    num_classes: int | None = None,
+    **arrays,
+) -> ClassificationTask:
+    """Validate and package a :class:`ClassificationTask` (see its doc), before anything compiles.
+
+    The data come as a :class:`Dataset` (train/test), a mapping ``{"x_train": …, "y_train": …, …}``, or
+    keyword arrays (``x_train=…, y_train=…, x_val=…, y_val=…, x_test=…, y_test=…``). Labels must be integers
+    in ``0 … outputs − 1`` (a 1-output network is a binary classifier on its logit: labels 0/1).
+    """
+    from es_lottery._checks import check_choice
+
+    if isinstance(data, Dataset):
+        arrays = {
+            "x_train": data.x_train,
+            "y_train": data.y_train,
+            "x_test": data.x_test,
+            "y_test": data.y_test,
+            **arrays,
+        }
+        num_classes = num_classes or data.num_classes
+    elif isinstance(data, dict):
+        arrays = {**data, **arrays}
+    elif data is not None:
+        raise TypeError(f"data must be a Dataset, a mapping of arrays or None, got {type(data).__name__}")
+    check_choice(objective, OBJECTIVES, "objective")
+    check_choice(fitness_split, SPLITS, "fitness_split")
+    check_choice(eval_split, SPLITS, "eval_split")
+    for key in arrays:
+        if not (key[:2] in ("x_", "y_") and key[2:] in SPLITS):
+            raise ValueError(f"unknown data array {key!r}; allowed: x_/y_ + one of {', '.join(SPLITS)}")
+    module.validate()
+    n_out = _n_outputs(module)
+    # a 1-output network is a binary classifier on its logit under the log loss; the kernels' argmax needs
+    # one output per class
+    classes = 2 if n_out == 1 and objective == "log_loss" else n_out
+    out = {}
+    for split in SPLITS:
+        xs, ys = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
+        if xs is None and ys is None:
+            continue
+        if xs is None or ys is None:
+            raise ValueError(f"split {split!r} needs both x_{split} and y_{split}")
+        out[f"x_{split}"], out[f"y_{split}"] = _check_split(module, xs, ys, split, classes, n_out)
+    for split, field in ((fitness_split, "fitness_split"), (eval_split, "eval_split")):
+        if f"x_{split}" not in out:
+            raise ValueError(f"{field} is {split!r}, but no x_{split}/y_{split} data were given")
+    check_int(batch_size, "batch_size", 1, allow_none=True)
+    if chunk_size not in (None, "auto"):
+        check_int(chunk_size, "chunk_size", 1)
+    extra = tuple(extra_metrics)
+    for m in (*extra, *eval_metrics):
+        check_choice(m, population.METRICS, "metrics")
+    if objective == "log_loss" and extra:
+        raise ValueError("extra_metrics are for the kernel objectives; 'log_loss' always reports accuracy")
+    check_int(eval_widest, "eval_widest", 1, allow_none=True)
+    if num_classes is None:
+        num_classes = max(int(np.max(out[f"y_{s}"])) for s in SPLITS if f"y_{s}" in out) + 1
+    num_classes = check_int(num_classes, "num_classes", 1)
+    if num_classes > classes:
+        raise ValueError(f"the data has {num_classes} classes but the network has {n_out} output(s)")
+    return ClassificationTask(
+        data=out,
+        module=module,
+        num_classes=num_classes,
+        objective=objective,
+        fitness_split=fitness_split,
+        eval_split=eval_split,
+        batch_size=None if batch_size is None else int(batch_size),
+        chunk_size=chunk_size,
+        extra_metrics=extra,
+        eval_metrics=tuple(eval_metrics),
+        eval_widest=eval_widest,
+        score_key="accuracy",
+    )
+
+
+def _n_outputs(module: nn.Module) -> int:
+    params = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
+    xb = jax.ShapeDtypeStruct((1, *module.input_shape), jnp.float32)
+    return int(jax.eval_shape(lambda p, x: networks.apply(module, p, x), params, xb).shape[-1])
+
+
+def _check_split(module: nn.Module, x, y, split: str, classes: int, n_out: int):
+    """One split as arrays, validated: inputs fit the network, one integer label per input, in range."""
+    in_shape = tuple(module.input_shape)
+    xs, ys = np.shape(x), np.shape(y)
+    if len(xs) < 2 or xs[0] < 1 or int(np.prod(xs[1:])) != int(np.prod(in_shape)):
+        raise ValueError(f"x_{split} must have shape (n ≥ 1, {', '.join(map(str, in_shape))}), got {xs}")
+    if ys != (xs[0],):
+        raise ValueError(f"y_{split} must have shape ({xs[0]},) (one label per input), got {ys}")
+    if not np.issubdtype(np.asarray(y).dtype, np.integer):
+        raise ValueError(f"y_{split} must hold integer class labels, got dtype {np.asarray(y).dtype}")
+    lo, hi = int(np.min(y)), int(np.max(y))
+    if lo < 0 or hi >= classes:
+        raise ValueError(
+            f"y_{split} holds labels in [{lo}, {hi}], but the network's {n_out} output(s) allow the "
+            f"classes 0 … {classes - 1}"
+        )
+    return jnp.asarray(np.asarray(x, np.float32).reshape(xs[0], *in_shape)), jnp.asarray(y, jnp.int32)
