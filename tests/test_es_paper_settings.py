@@ -86,10 +86,12 @@ def test_paper_cnn_c_mu_is_thousands_of_times_evosax_0_3s():
     assert 3500 < _f(new.c_mu) / _f(old.c_mu) < 4000
 
 
-def test_sep_cma_default_is_still_evosax_0_3():
-    """At the default (``sep_cma_rates="evosax_0.3"``) the algorithm and its constants are evosax's."""
-    config = es.ESConfig("Sep_CMA_ES", 64, sigma_init=0.1)
-    assert config.sep_cma_rates == "evosax_0.3"
+def test_sep_cma_defaults_to_the_papers_rates_and_evosax_0_3_stays_an_option():
+    """The default is the paper's (evosax 0.1.4) separable rates; ``sep_cma_rates="evosax_0.3"`` gives
+    evosax 0.3.2's algorithm and constants unchanged."""
+    assert es.ESConfig("Sep_CMA_ES", 64, sigma_init=0.1).sep_cma_rates == "evosax_0.1.4"
+    assert type(es.make_algorithm(es.ESConfig("Sep_CMA_ES", 64, sigma_init=0.1), 300)[0]) is not Sep_CMA_ES
+    config = es.ESConfig("Sep_CMA_ES", 64, sigma_init=0.1, sep_cma_rates="evosax_0.3")
     algo, params = es.make_algorithm(config, 300)
     assert type(algo) is Sep_CMA_ES
     ref = Sep_CMA_ES(64, jnp.zeros(300)).default_params
@@ -322,8 +324,11 @@ def test_pgpe_sigma_decay_over_many_generations():
     ("kw", "message"),
     [
         (dict(algorithm="Sep_CMA_ES", sep_cma_rates="evosax_0.2"), "unknown sep_cma_rates"),
-        (dict(algorithm="SNES", sep_cma_rates="evosax_0.1.4"), "sep_cma_rates applies to Sep_CMA_ES only"),
-        (dict(algorithm="Sep_CMA_ES", elite_ratio=0.3), "elite_ratio=0.3 needs sep_cma_rates='evosax_0.1.4'"),
+        (dict(algorithm="SNES", sep_cma_rates="evosax_0.3"), "sep_cma_rates applies to Sep_CMA_ES only"),
+        (
+            dict(algorithm="Sep_CMA_ES", sep_cma_rates="evosax_0.3", elite_ratio=0.3),
+            "elite_ratio=0.3 needs sep_cma_rates='evosax_0.1.4'",
+        ),
         (dict(algorithm="Sep_CMA_ES", sep_cma_rates="evosax_0.1.4", elite_ratio=0.0), "elite_ratio must be"),
         (dict(algorithm="Sep_CMA_ES", sep_cma_rates="evosax_0.1.4", elite_ratio=1.5), "elite_ratio must be"),
         (dict(algorithm="SNES", elite_ratio=0.5), "elite_ratio applies to Sep_CMA_ES only"),
@@ -354,9 +359,15 @@ def _experiment(trainer: dict) -> imp.IMPExperiment:
 
 
 def test_new_fields_stay_out_of_the_hashed_trainer_dict_at_their_old_value():
-    for algorithm in ("Sep_CMA_ES", "SNES", "PGPE"):
+    for algorithm in ("SNES", "PGPE"):
         d = _experiment({"algorithm": algorithm}).trainer_dict()
         assert not set(es.ESConfig.ADDED_FIELDS) & set(d), d
+    # Sep-CMA-ES's default became the paper's rates: a behaviour change, so it is hashed (a new directory)
+    d = _experiment({"algorithm": "Sep_CMA_ES"}).trainer_dict()
+    assert set(es.ESConfig.ADDED_FIELDS) & set(d) == {"sep_cma_rates"}
+    assert d["sep_cma_rates"] == "evosax_0.1.4"
+    d = _experiment({"algorithm": "Sep_CMA_ES", "sep_cma_rates": "evosax_0.3"}).trainer_dict()
+    assert not set(es.ESConfig.ADDED_FIELDS) & set(d), d
     d = _experiment({"algorithm": "Sep_CMA_ES", "sep_cma_rates": "evosax_0.1.4", "elite_ratio": 0.5})
     assert {"sep_cma_rates": "evosax_0.1.4", "elite_ratio": 0.5}.items() <= d.trainer_dict().items()
     d = _experiment({"algorithm": "SNES", "temperature": 12}).trainer_dict()  # YAML int → float

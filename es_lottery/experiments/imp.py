@@ -109,6 +109,7 @@ from es_lottery.tasks import classification
 PyTree = Any
 
 TOP_KEYS = (
+    "env",
     "name",
     "dataset",
     "dataset_args",
@@ -163,11 +164,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class IMPExperiment:
-    """A validated IMP experiment (see the module doc for the YAML form)."""
+    """A validated IMP experiment (see the module doc for the YAML form). Classification experiments have
+    ``dataset`` and ``network``; control experiments have ``env`` (the policy is ``env.policy``)."""
 
     name: str
-    dataset: str
-    network: dict
+    dataset: str | None
+    network: dict | None
     trainer: ESTrainerConfig | GDConfig
     criteria: tuple[str, ...]
     dataset_args: dict = field(default_factory=dict)
@@ -176,11 +178,24 @@ class IMPExperiment:
     scope: str = "global"
     seeds: int = 5
     seed: int = 0
-    baseline_mode: str = "branch"
+    baseline_mode: str = "chain"
+    env: dict | None = None
 
     @property
     def trainer_type(self) -> str:
         return "es" if isinstance(self.trainer, ESTrainerConfig) else "gd"
+
+    @property
+    def score(self) -> str:
+        """The level score's name: ``accuracy`` (classification) or ``return`` (control); rows hold it as
+        ``test_<score>``."""
+        return "accuracy" if self.env is None else "return"
+
+    def control_task(self):
+        """The control task of the ``env`` section (``tasks.control.ControlTask``)."""
+        from es_lottery.tasks import control
+
+        return control.control_task_from_config(self.env)
 
     @property
     def imp_criteria(self) -> tuple[str, ...]:
@@ -206,6 +221,8 @@ class IMPExperiment:
         return loop.IMPConfig(self.num_levels, self.prune_rate, criterion, self.scope)
 
     def module(self) -> nn.Module:
+        if self.env is not None:
+            return self.control_task().module
         return build_module(self.network)
 
     def trainer_dict(self) -> dict:
@@ -226,16 +243,23 @@ class IMPExperiment:
         return {"type": "gd", **dataclasses.asdict(self.trainer)}
 
     def resolved(self, with_seeds: bool = True) -> dict:
-        d = {
-            "name": self.name,
-            "dataset": self.dataset,
-            "dataset_args": dict(self.dataset_args),
-            "network": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.network.items()},
-            "trainer": self.trainer_dict(),
-            "imp": {"num_levels": self.num_levels, "prune_rate": self.prune_rate, "scope": self.scope},
-            "criteria": list(self.criteria),
-            "seed": self.seed,
-        }
+        if self.env is None:
+            d = {
+                "name": self.name,
+                "dataset": self.dataset,
+                "dataset_args": dict(self.dataset_args),
+                "network": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.network.items()},
+            }
+        else:
+            d = {"name": self.name, "env": to_jsonable(self.env)}
+        d.update(
+            {
+                "trainer": self.trainer_dict(),
+                "imp": {"num_levels": self.num_levels, "prune_rate": self.prune_rate, "scope": self.scope},
+                "criteria": list(self.criteria),
+                "seed": self.seed,
+            }
+        )
         d.update(_resolved_baseline_mode(self))
         if with_seeds:
             d["seeds"] = self.seeds
@@ -383,7 +407,7 @@ def _parse_criteria(spec, trainer) -> tuple[str, ...]:
 
 def _parse_baseline_mode(data: dict) -> str:
     """The top-level ``baseline_mode`` key: ``chain`` (default) or ``branch`` (see ``_run_baseline``)."""
-    mode = data.get("baseline_mode", "branch")
+    mode = data.get("baseline_mode", "chain")
     if not isinstance(mode, str) or mode not in BASELINE_MODES:
         raise ValueError(f"unknown baseline mode {mode!r} in field 'baseline_mode'; allowed: chain, branch")
     return mode
@@ -408,11 +432,23 @@ def parse_config(data: dict, seeds: int | None = None) -> IMPExperiment:
     name = data.get("name")
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ValueError(f"field 'name' must be a non-empty string usable as a directory name, got {name!r}")
-    dataset, dataset_args = _parse_dataset(data)
-    if "network" not in data:
-        raise ValueError(f"imp config needs the field 'network' (name: one of {', '.join(NETWORK_KEYS)})")
-    network = _parse_network(data["network"])
+    env = None
+    if "env" in data:
+        env = _parse_env(data)
+        dataset, dataset_args, network = None, {}, None
+    else:
+        dataset, dataset_args = _parse_dataset(data)
+        if "network" not in data:
+            raise ValueError(
+                f"imp config needs the field 'network' (name: one of {', '.join(NETWORK_KEYS)}), or an 'env' "
+                "section for a control task"
+            )
+        network = _parse_network(data["network"])
     trainer = _parse_trainer(data.get("trainer"))
+    if env is not None and not isinstance(trainer, ESTrainerConfig):
+        raise ValueError(
+            "field 'trainer.type': a control task ('env') trains with type es (gd is classification's Adam)"
+        )
     imp = _parse_imp(data.get("imp"))
     if "criteria" not in data:
         raise ValueError(f"imp config needs the field 'criteria' (a list of: {', '.join(ALL_CRITERIA)})")
@@ -432,6 +468,7 @@ def parse_config(data: dict, seeds: int | None = None) -> IMPExperiment:
         seeds=n_seeds,
         seed=seed,
         baseline_mode=_parse_baseline_mode(data),
+        env=env,
     )
     shapes = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), exp.module()))
     try:
@@ -439,6 +476,26 @@ def parse_config(data: dict, seeds: int | None = None) -> IMPExperiment:
     except ValueError as err:
         raise _fail("imp.num_levels", err) from None
     return exp
+
+
+def _parse_env(data: dict) -> dict:
+    """The ``env`` section of a control experiment: validated by building its task (every bad field named
+    in one line, nothing compiled)."""
+    from es_lottery.tasks import control
+
+    clash = [k for k in ("dataset", "dataset_args", "network") if k in data]
+    if clash:
+        raise ValueError(
+            f"field '{clash[0]}' does not apply with 'env': a control experiment takes its policy network "
+            "from env.policy (hidden sizes, activation, action mode)"
+        )
+    spec = data["env"]
+    try:
+        control.control_task_from_config(spec)
+    except (ValueError, TypeError) as err:
+        msg = str(err)
+        raise ValueError(msg if msg.startswith("env") else f"env: {msg}") from None
+    return dict(spec)
 
 
 def load_config(path: str | Path, seeds: int | None = None) -> IMPExperiment:
@@ -564,8 +621,11 @@ def level_done(ldir: Path) -> bool:
     return (ldir / "metrics.json").is_file()
 
 
-def write_level(ldir: Path, record: loop.LevelRecord, theta_start: PyTree, meta: dict) -> dict:
-    """Persist one finished level; ``metrics.json`` goes last (the "finished" marker). Returns its row."""
+def write_level(
+    ldir: Path, record: loop.LevelRecord, theta_start: PyTree, meta: dict, score: str = "accuracy"
+) -> dict:
+    """Persist one finished level; ``metrics.json`` goes last (the "finished" marker). Returns its row, in
+    which the level's score is ``test_<score>`` (``test_accuracy``, control: ``test_return``)."""
     ldir.mkdir(parents=True, exist_ok=True)
     save_mask(ldir / "mask.npz", record.mask)
     if record.next_mask is not None:
@@ -574,6 +634,8 @@ def write_level(ldir: Path, record: loop.LevelRecord, theta_start: PyTree, meta:
     save_tree(ldir / "final_params.npz", record.final_params)
     if record.std_params is not None:
         save_tree(ldir / "std.npz", record.std_params)
+    if record.task_state is not None:  # control: the observation statistics the policy was scored with
+        save_tree(ldir / "task_state.npz", record.task_state)
     curves = _flat_curves(record.metrics)
     _atomic_write(ldir / "curves.npz", lambda fh: np.savez(fh, **curves))
     layer = {k: float(v) for k, v in masks_lib.layer_density(record.mask).items()}
@@ -583,8 +645,8 @@ def write_level(ldir: Path, record: loop.LevelRecord, theta_start: PyTree, meta:
         "density": record.kept / record.total,
         "kept": record.kept,
         "total": record.total,
-        "test_accuracy": record.eval_score,
-        **{k: v for k, v in _scalars(record.metrics).items() if k != "test_accuracy"},
+        f"test_{score}": record.eval_score,
+        **{k: v for k, v in _scalars(record.metrics).items() if k != f"test_{score}"},
         "layer_density": layer,
     }
     text = json.dumps(to_jsonable(row), indent=2) + "\n"
@@ -633,14 +695,21 @@ def _units(ctx: _Ctx) -> int:
 def _make_hook(ctx: _Ctx, task, seed: int, criterion: str, level: int):
     units = _units(ctx)
 
+    score = ctx.exp.score
+
     def hook(info: dict) -> None:
-        acc = info["eval"].get("accuracy", float("nan"))
-        ctx.progress.update(
-            task,
-            completed=level * units + info["generation"],
-            description=f"seed {seed} {criterion} L{level} "
-            f"gen {info['generation']}/{info['num_generations']} acc {acc:.3f}",
+        value = info["eval"].get(score, float("nan"))
+        line = (
+            f"seed {seed} {criterion} L{level} gen {info['generation']}/{info['num_generations']} "
+            f"test {score} {value:.4g}"
         )
+        if "fitness_max" in info:
+            line += f", fitness best {info['fitness_max']:.4g} mean {info['fitness_mean']:.4g}"
+        if "env_steps_per_s" in info:
+            line += f", {info['env_steps_per_s'] / 1e3:.0f}k env steps/s"
+        ctx.progress.update(task, completed=level * units + info["generation"], description=line)
+        if not ctx.console.is_terminal:  # logs get a line per segment, terminals the bar
+            ctx.console.print(f"  {line}")
         if ctx.on_segment is not None:
             ctx.on_segment({**info, "seed": seed, "criterion": criterion, "level": level})
 
@@ -648,13 +717,13 @@ def _make_hook(ctx: _Ctx, task, seed: int, criterion: str, level: int):
 
 
 def _finish_level(ctx: _Ctx, ldir: Path, record, theta_start, meta: dict, t0: float, task) -> None:
-    row = write_level(ldir, record, theta_start, {**meta, "seconds": time.time() - t0})
+    row = write_level(ldir, record, theta_start, {**meta, "seconds": time.time() - t0}, ctx.exp.score)
     ctx.rundir.append("metrics.jsonl", [row])
     ctx.progress.update(task, completed=(record.level + 1) * _units(ctx))
     ctx.console.print(
         f"  seed {meta['seed']} {escape(meta['criterion'])} level {record.level}: "
         f"{record.kept}/{record.total} prunable ({record.kept / record.total:.2%}), "
-        f"test acc {record.eval_score:.4f} ({row['seconds']:.1f} s)"
+        f"test {ctx.exp.score} {record.eval_score:.4f} ({row['seconds']:.1f} s)"
     )
 
 
@@ -813,7 +882,7 @@ def _share_level0(ctx: _Ctx, src: Path, dst: Path, meta: dict) -> None:
     ctx.rundir.append("metrics.jsonl", [row])
     ctx.console.print(
         f"  seed {meta['seed']} {escape(meta['criterion'])} level 0: the dense run of "
-        f"{escape(meta['mask_source'])}, shared, test acc {row['test_accuracy']:.4f}"
+        f"{escape(meta['mask_source'])}, shared, test {ctx.exp.score} {row[f'test_{ctx.exp.score}']:.4f}"
     )
 
 
@@ -865,14 +934,16 @@ def _run_baseline_chain(ctx: _Ctx, seed: int, name: str, run_key, theta0) -> Non
     ctx.progress.remove_task(task)
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Per criterion and level: seeds, mean density, mean ± standard error of the test accuracy."""
+def summarise(rows: list[dict], score: str = "accuracy") -> dict:
+    """Per criterion and level: seeds, mean density, mean ± standard error of the test score
+    (``test_<score>`` of the rows: accuracy, or a control task's return)."""
+    key = f"test_{score}"
     by: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
         by.setdefault((r["criterion"], int(r["level"])), []).append(r)
     out: dict[str, list[dict]] = {}
     for (crit, level), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        acc = np.asarray([np.nan if r["test_accuracy"] is None else r["test_accuracy"] for r in rs], float)
+        acc = np.asarray([np.nan if r.get(key) is None else r[key] for r in rs], float)
         acc = acc[np.isfinite(acc)]
         n = len(acc)
         se = float(np.std(acc, ddof=1) / math.sqrt(n)) if n > 1 else None
@@ -883,17 +954,18 @@ def summarise(rows: list[dict]) -> dict:
                 "density": float(np.mean([r["density"] for r in rs])),
                 "kept": round(float(np.mean([r["kept"] for r in rs]))),
                 "total": int(rs[0]["total"]),
-                "test_accuracy_mean": float(np.mean(acc)) if n else None,
-                "test_accuracy_se": se,
-                "test_accuracy_min": float(np.min(acc)) if n else None,
-                "test_accuracy_max": float(np.max(acc)) if n else None,
+                f"{key}_mean": float(np.mean(acc)) if n else None,
+                f"{key}_se": se,
+                f"{key}_min": float(np.min(acc)) if n else None,
+                f"{key}_max": float(np.max(acc)) if n else None,
                 "seconds_mean": float(np.mean([r.get("seconds", 0.0) for r in rs])),
             }
         )
     return out
 
 
-def summary_table(summary: dict, title: str, criteria: tuple[str, ...]) -> Table:
+def summary_table(summary: dict, title: str, criteria: tuple[str, ...], score: str = "accuracy") -> Table:
+    key = f"test_{score}"
     table = Table(title=title)
     table.add_column("level", justify="right")
     table.add_column("density", justify="right")
@@ -905,12 +977,12 @@ def summary_table(summary: dict, title: str, criteria: tuple[str, ...]) -> Table
         cells, density = [], None
         for c in crits:
             e = next((e for e in summary[c] if e["level"] == level), None)
-            if e is None or e["test_accuracy_mean"] is None:
+            if e is None or e[f"{key}_mean"] is None:
                 cells.append("–")
                 continue
             density = density if density is not None else e["density"]
-            se = "" if e["test_accuracy_se"] is None else f" ± {e['test_accuracy_se']:.4f}"
-            cells.append(f"{e['test_accuracy_mean']:.4f}{se} ({e['seeds']})")
+            se = "" if e[f"{key}_se"] is None else f" ± {e[f'{key}_se']:.4g}"
+            cells.append(f"{e[f'{key}_mean']:.4g}{se} ({e['seeds']})")
         table.add_row(str(level), "–" if density is None else f"{density:.4f}", *cells)
     return table
 
@@ -927,12 +999,28 @@ def run_experiment(
     ``criterion``, ``level``, ``generation``, ``num_generations`` and the latest ``eval`` row.
     """
     console = console or Console()
-    data = load_data(exp)  # missing data fails here, before anything compiles
-    module = exp.module()
-    check_fit(exp, module, data)
-    trainer = make_trainer(exp, module, data)
+    if exp.env is not None:
+        task = exp.control_task()
+        trainer = ESTrainer.from_task(task, exp.trainer)
+        data_line = (
+            f"{task.env.name} ({task.env.backend or 'gymnax'}), policy {list(task.module.sizes)}, "
+            f"{task.train_rollouts} rollouts × {task.episode_length} steps"
+        )
+        data_info = {"env": to_jsonable(exp.env)}
+    else:
+        data = load_data(exp)  # missing data fails here, before anything compiles
+        module = exp.module()
+        check_fit(exp, module, data)
+        trainer = make_trainer(exp, module, data)
+        data_line = f"{exp.dataset} ({len(data.x_train)}/{len(data.x_test)}), {exp.network['name']}"
+        data_info = {
+            "train": len(data.x_train),
+            "test": len(data.x_test),
+            **{k: v for k, v in data.info.items() if isinstance(v, (str, int, float, bool))},
+        }
     if (
-        exp.dataset in classification.IMAGE_DATASETS
+        exp.env is None
+        and exp.dataset in classification.IMAGE_DATASETS
         and data.info.get("test_split_only")
         and not exp.dataset_args.get("test_split_only")
     ):
@@ -943,8 +1031,8 @@ def run_experiment(
     rundir = RunDir(out, exp.name, exp.resolved(with_seeds=False))
     root = rundir.path
     console.print(
-        f"[bold]imp[/] {exp.name}: {exp.dataset} ({len(data.x_train)}/{len(data.x_test)}), "
-        f"{exp.network['name']}, {trainer.name}, {exp.num_levels} levels × p={exp.prune_rate}, "
+        f"[bold]imp[/] {exp.name}: {data_line}, {trainer.name}, "
+        f"{exp.num_levels} levels × p={exp.prune_rate}, "
         f"criteria {', '.join(exp.criteria)}, {exp.seeds} seed(s) → {root}"
     )
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -960,17 +1048,13 @@ def run_experiment(
     rows = [r for r in collect_rows(root) if r["seed"] < exp.seeds and r["criterion"] in exp.criteria]
     text = "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows)
     _atomic_write(root / "metrics.jsonl", lambda fh: fh.write(text), mode="w")
-    summary = summarise(rows)
+    summary = summarise(rows, exp.score)
     rundir.write_json(
         "summary.json",
         {
             "experiment": exp.resolved(),
             "config_hash": rundir.hash,
-            "data": {
-                "train": len(data.x_train),
-                "test": len(data.x_test),
-                **{k: v for k, v in data.info.items() if isinstance(v, (str, int, float, bool))},
-            },
+            "data": data_info,
             "sparsity_counts": "prunable weights only (kernels; biases are never pruned)",
             "criteria": summary,
         },
@@ -978,8 +1062,10 @@ def run_experiment(
     plots.performance_vs_density(
         rows,
         root / "plots" / "performance_vs_density.png",
-        f"{exp.name}: {exp.dataset}, {trainer.name}",
+        f"{exp.name}: {exp.dataset or exp.env['name']}, {trainer.name}",
         order=exp.criteria,
+        metric=f"test_{exp.score}",
     )
-    console.print(summary_table(summary, f"{exp.name}: test accuracy (mean ± s.e., seeds)", exp.criteria))
+    title = f"{exp.name}: test {exp.score} (mean ± s.e., seeds)"
+    console.print(summary_table(summary, title, exp.criteria, exp.score))
     return root

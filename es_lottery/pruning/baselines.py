@@ -287,6 +287,7 @@ def run_baseline(
             final_params=result.final_params if keep_params else None,
             std_params=result.std_params if keep_params else None,
             theta_start=theta_b if keep_params else None,
+            task_state=result.task_state if keep_params else None,
         )
         records.append(record)
         if callback is not None:

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,24 @@ def _as_device(state: es.ESRunState) -> es.ESRunState:
     return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(jax.device_get(x))), state)
 
 
+def _segment_info(generation: int, total: int, history: dict, train: dict, seconds: float) -> dict:
+    """What a segment hook gets: the generation, the latest eval row, the segment's last fitness
+    statistics and (tasks that count them: control) its env steps and env steps per second."""
+    info = {
+        "generation": generation,
+        "num_generations": total,
+        "eval": {k: float(v[-1]) for k, v in history["eval"].items()},
+        "fitness_max": float(train["fitness_max"][-1]),
+        "fitness_mean": float(train["fitness_mean"][-1]),
+        "seconds": seconds,
+    }
+    if "env_steps" in train:
+        steps = float(np.sum(train["env_steps"]))
+        info["env_steps"] = steps
+        info["env_steps_per_s"] = steps / max(seconds, 1e-9)
+    return info
+
+
 def _concat(a: dict | None, b: dict) -> dict:
     if a is None:
         return b
@@ -337,15 +356,17 @@ class ESTrainer:
             raise ValueError(f"the restored ES state is at generation {generation} > num_generations={total}")
         while generation < total:
             n = min(cfg.segment, total - generation)
+            t0 = time.perf_counter()
             state, hist = es.run(k_run, state, self.task, cfg.es, n, cfg.eval_every)
             state = _as_device(state)
-            history = _concat(history, _host(hist))
+            seconds = time.perf_counter() - t0
+            hist = _host(hist)
+            history = _concat(history, hist)
             generation += n
             if self.checkpointer is not None:
                 self.checkpointer.save(state, history)
             if self.on_segment is not None:
-                last = {k: float(v[-1]) for k, v in history["eval"].items()}
-                self.on_segment({"generation": generation, "num_generations": total, "eval": last})
+                self.on_segment(_segment_info(generation, total, history, hist["train"], seconds))
         return self._result(state, history)
 
     def _result(self, state: es.ESRunState, history: dict) -> TrainResult:

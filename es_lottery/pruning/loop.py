@@ -140,6 +140,7 @@ class LevelRecord:
     final_params: PyTree | None = None
     std_params: PyTree | None = None
     theta_start: PyTree | None = None  # baselines: the control init θ₀' ⊙ m' (IMP levels: None, it is θ₀ ⊙ m)
+    task_state: PyTree | None = None  # the task state the final params were scored with (control: obs stats)
 
     @property
     def sparsity(self) -> float:
@@ -299,6 +300,7 @@ def run_level(
         next_mask=nxt,
         final_params=result.final_params if keep_params else None,
         std_params=result.std_params if keep_params else None,
+        task_state=result.task_state if keep_params else None,
     )
 
 

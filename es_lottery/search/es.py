@@ -106,6 +106,7 @@ LOW_FITNESS = -1e30  # stands in for non-finite fitness when a generation has no
 CMA_STD_MIN = 1e-30  # evosax's CMA step size may underflow to exactly 0, then (x − mean)/std = 0/0 = NaN
 FROZEN_IN_MASKED = ("std", "C")  # per-coordinate statistics held fixed at pruned coordinates (masked space)
 TASK_KEY = 7919  # the task state is initialised with fold_in(init key, TASK_KEY)
+SUMMED_TASK_METRICS = ("env_steps",)  # per-member task metrics summed into the per-generation history
 
 __all__ = [
     "ALGORITHMS",
@@ -156,9 +157,10 @@ class ESConfig:
     mean_decay: after each tell ``mean ← mean · (1 − mean_decay)``; in [0, 1).
     search_space: ``"compressed"`` (active entries only) or ``"masked"`` (full dimension, pruned = 0).
 
-    The paper's evosax 0.1.4 settings (:mod:`es_lottery.search.paper_settings`; each default = evosax 0.3):
-    sep_cma_rates: Sep-CMA-ES only: ``"evosax_0.3"`` (0.3.2's constants, inherited from full CMA-ES) or
-        ``"evosax_0.1.4"`` (the separable learning rates of the paper's evosax, c_μ scaled by (n + 2)/3).
+    The paper's evosax 0.1.4 settings (:mod:`es_lottery.search.paper_settings`):
+    sep_cma_rates: Sep-CMA-ES only: ``"evosax_0.1.4"`` (default: the separable learning rates of the paper's
+        evosax, c_μ scaled by (n + 2)/3, so that the diagonal C adapts and SNR differs from magnitude) or
+        ``"evosax_0.3"`` (0.3.2's constants, inherited from full CMA-ES: C barely moves at n ≈ 10⁴).
     elite_ratio: Sep-CMA-ES only: None (= 0.5) or the fraction in (0, 1] of the population that gets a
         positive recombination weight (sets the weights and μ_eff); other values than 0.5 need
         ``sep_cma_rates="evosax_0.1.4"`` (evosax 0.3 fixes its weights at the top half).
@@ -191,7 +193,7 @@ class ESConfig:
     fitness_shaping: str = "default"
     mean_decay: float = 0.0
     search_space: str = "compressed"
-    sep_cma_rates: str = "evosax_0.3"
+    sep_cma_rates: str = "evosax_0.1.4"
     elite_ratio: float | None = None
     temperature: float = 0.0
     sigma_decay: float = 1.0
@@ -684,8 +686,13 @@ def tell(
 def _step(key, state: ESRunState, task, config: ESConfig):
     k_ask, k_fit, k_tell = jax.random.split(key, 3)
     vectors, es_state = ask(k_ask, state, config)
-    fitness, task_state = task.fitness(state.task_state, k_fit, state.space.to_params(vectors))
-    return tell(k_tell, state.replace(task_state=task_state), es_state, vectors, fitness, config)
+    members = state.space.to_params(vectors)
+    fitness, task_metrics, task_state = tasks_base.fitness_metrics(task, state.task_state, k_fit, members)
+    state, metrics = tell(k_tell, state.replace(task_state=task_state), es_state, vectors, fitness, config)
+    for name in SUMMED_TASK_METRICS:  # e.g. a control task's env steps of the generation
+        if name in task_metrics:
+            metrics[name] = jnp.sum(task_metrics[name])
+    return state, metrics
 
 
 @partial(jax.jit, static_argnames=("config",))

@@ -3,7 +3,8 @@
 Lange & Sprekeler (2023) ran evosax 0.1.4; we run evosax 0.3.2, whose algorithms differ in constants and
 lost a few options. This module gives back what the paper used, each as a small change to an evosax 0.3.2
 algorithm (its ``ask``/``tell`` stay evosax's). :func:`es_lottery.search.es.make_algorithm` selects them
-from :class:`~es_lottery.search.es.ESConfig` fields; every field's default keeps evosax 0.3.2's behaviour.
+from :class:`~es_lottery.search.es.ESConfig` fields. ``sep_cma_rates`` defaults to the paper's 0.1.4 rates
+(``"evosax_0.3"`` keeps 0.3.2's); every other field's default keeps evosax 0.3.2's behaviour.
 
 Sep-CMA-ES learning rates (``ESConfig.sep_cma_rates="evosax_0.1.4"``, :class:`SepCMAES014`)
 ---------------------------------------------------------------------------------------------
