@@ -330,7 +330,12 @@ def test_bound_start():
     assert ga._bound_start(ab, MLP((2, 39, 2))) == 0.7
     assert ga._bound_start(ab, MLP((2, 40, 2))) == 0.85
     assert ga._bound_start(ab, MLP((2, 75, 2))) == 0.85
-    assert ga._bound_start(ab, MLP((2, 20, 20, 2))) == 0.85  # 40 hidden units in total
+    # the original's rule: one hidden layer < 40, or two hidden layers both < 30
+    assert ga._bound_start(ab, MLP((2, 20, 20, 2))) == 0.7
+    assert ga._bound_start(ab, MLP((2, 29, 29, 2))) == 0.7
+    assert ga._bound_start(ab, MLP((2, 30, 10, 2))) == 0.85
+    assert ga._bound_start(ab, MLP((2, 50, 50, 2))) == 0.85  # D
+    assert ga._bound_start(ab, MLP((2, 10, 10, 10, 2))) == 0.85  # three hidden layers: not small
     assert ga._bound_start(ab, MLP((64, 20, 10))) == 0.7
     assert ga._bound_start(ab.replace(bound_start=0.6), MLP((2, 75, 2))) == 0.6
     assert ga._bound_start(ga.GAConfig(variant="static_ab", static_bound=0.15), MLP((2, 75, 2))) == 0.15

@@ -194,7 +194,12 @@ def test_selection_favours_lower_fitness(selection):
 def test_roulette_original_is_the_compat_switch_favouring_worse():
     fitness = jnp.array([0.5, 0.1, 0.9, 0.3, jnp.nan])
     p = np.asarray(nets.selection_probs(fitness, "roulette_original"))
-    np.testing.assert_allclose(p, [0.5 / 1.8, 0.1 / 1.8, 0.9 / 1.8, 0.3 / 1.8, 0.0], rtol=1e-6)
+    # the original's select_parents: w = (f − min) / (max − min + 1e-6), p = w / Σw (min 0.1, max 0.9)
+    w = np.array([0.4, 0.0, 0.8, 0.2]) / (0.8 + 1e-6)
+    np.testing.assert_allclose(p, [*(w / w.sum()), 0.0], rtol=1e-6)
+    assert p[1] == 0.0  # the best genome is never selected
+    equal = np.asarray(nets.selection_probs(jnp.full(4, 0.3), "roulette_original"))
+    np.testing.assert_allclose(equal, 0.25)  # no spread: uniform
     assert nets.NeTSConfig().selection == "rank"  # never the default
     rank = np.asarray(nets.selection_probs(fitness, "rank"))
     assert rank[4] == rank.min()  # NaN ranks last

@@ -20,7 +20,8 @@ Variants
 --------
 * ``"ga"`` — the initial population and migrants are Bernoulli(1/2) masks.
 * ``"adaptive_ab"`` — fresh individuals (initial population and migrants) are only accepted when their train
-  accuracy reaches the accuracy bound. The bound starts at 0.85 (0.7 for nets with < 40 hidden units) and,
+  accuracy reaches the accuracy bound. The bound starts at 0.85 (0.7 for small nets: the original's rule —
+  one hidden layer narrower than 40, or two hidden layers both narrower than 30) and,
   every time ``bound_patience`` proposals in a row have been rejected, drops by ``0.1**n`` with
   n = 1, 1.15, 1.30, …, never below ``bound_floor`` (0.51). The original code lowered it by wall-clock
   seconds; counting proposals makes it deterministic. When even the floor keeps failing for
@@ -106,7 +107,7 @@ class GAConfig:
     min_generations: int = 100
     patience: int = 50
     max_generations: int | None = None  # None: 200 for adaptive_ab, else 1000
-    bound_start: float | None = None  # None: 0.85, or 0.7 for nets with < 40 hidden units
+    bound_start: float | None = None  # None: 0.85, or 0.7 for small nets (see the module doc)
     bound_floor: float = 0.51
     static_bound: float = 0.7
     bound_patience: int = 500  # rejected proposals before the adaptive bound drops one step
@@ -291,7 +292,10 @@ def _bound_start(config: GAConfig, module) -> float:
         return config.bound_start
     if not isinstance(module, MLP):
         return 0.85
-    return 0.7 if sum(module.sizes[1:-1]) < 40 else 0.85
+    hidden = module.sizes[1:-1]
+    # the original's rule: one hidden layer narrower than 40, or two hidden layers both narrower than 30
+    small = (len(hidden) == 1 and hidden[0] < 40) or (len(hidden) == 2 and max(hidden) < 30)
+    return 0.7 if small else 0.85
 
 
 def _module(task, config: GAConfig):

@@ -31,8 +31,9 @@ One generation (``step``), with E = ``n_elite`` and C = P − E children:
 1. Selection of 2·C parents from the current population, favouring LOWER fitness: ``"rank"`` (linear
    ranking, the best member weighs P, the worst 1) or ``"tournament"`` (``tournament_size`` candidates drawn
    with replacement, the lowest fitness wins, ties to the lower population index). ``"roulette_original"``
-   reproduces the original code's roulette, whose probabilities are proportional to the (minimised) fitness
-   and so favour WORSE genomes — a compatibility switch only, never the default.
+   reproduces the original code's roulette, whose probabilities are proportional to the min-max-normalised
+   (minimised) fitness, so the best genome is never picked and worse ones are favoured — a compatibility
+   switch only, never the default.
 2. Uniform crossover: with probability ``crossover_rate`` a child mixes its two parents entry by entry
    (each entry from either parent with probability 1/2); otherwise it is a clone of its first parent.
    ``crossover_mode="gene"`` takes the weight AND the mask bit of an entry from the same parent;
@@ -342,14 +343,20 @@ def selection_probs(fitness: jax.Array, method: str) -> jax.Array:
     """Selection probabilities (P,) for ``"rank"`` or ``"roulette_original"``.
 
     rank: linear ranking, weight P − rank (the best has weight P, the worst 1).
-    roulette_original: proportional to the fitness itself (the original code's bug: with a minimised
-    fitness this favours WORSE genomes); non-finite or negative fitness weighs 0, all-zero → uniform.
+    roulette_original: the original code's roulette (``nets/genetic.py``, ``select_parents``): weights
+    ``(f − min f) / (max f − min f + 1e-6)`` of the MINIMISED fitness, normalised to sum 1 — so the best
+    genome gets probability 0 and worse genomes more (the original's bug, kept as a compatibility switch).
+    Non-finite fitness weighs 0 and is left out of min/max; when every weight is 0 (all equal): uniform.
     """
     n = fitness.shape[0]
     if method == "rank":
         w = (n - _ranks(fitness)).astype(jnp.float32)
     elif method == "roulette_original":
-        w = jnp.where(jnp.isfinite(fitness) & (fitness > 0), fitness, 0.0).astype(jnp.float32)
+        f = jnp.asarray(fitness, jnp.float32)
+        finite = jnp.isfinite(f)
+        lo = jnp.min(jnp.where(finite, f, jnp.inf))
+        hi = jnp.max(jnp.where(finite, f, -jnp.inf))
+        w = jnp.where(finite, (f - lo) / (hi - lo + 1e-6), 0.0)
         w = jnp.where(jnp.sum(w) > 0, w, jnp.ones_like(w))
     else:
         raise ValueError(f"selection_probs handles 'rank' and 'roulette_original', got {method!r}")
