@@ -10,6 +10,14 @@
                                       re-running skips finished levels and resumes an ES level mid-way.
 ``es-lottery nets [CONFIG] [--seeds N] [--out DIR]``
                                       Neuroevolution Ticket Search vs IMP vs random (``configs/nets/*.yaml``).
+``es-lottery migrate [PATH …] [--out DIR]``
+                                      old-layout run directories and committed archives into the run store.
+``es-lottery report {slt,nets,es_imp} [--runs DIR] [--out FILE] …``
+                                      rebuild a committed results page (``docs/results/*.md``).
+
+Every experiment writes its jobs into the run store ``<out>/store/`` (``experiments.store``: one directory per
+job, keyed by the settings that change its result) and its view into ``<out>/<name>/``; re-running a config
+runs only what is missing.
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ PACKAGES = (
     "brax",
     "scikit-learn",
     "tensorflow-datasets",
-    "orbax-checkpoint",
 )
 
 
@@ -107,7 +114,25 @@ def cmd_imp(args: argparse.Namespace, console: Console) -> int:
 def cmd_nets(args: argparse.Namespace, console: Console) -> int:
     from es_lottery.experiments import nets
 
-    return nets.main_nets(args, console)
+    exp = nets.load_config(args.config, seeds=args.seeds)
+    path = nets.run_experiment(exp, out=args.out, console=console)
+    console.print(f"run directory: {path}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, console: Console) -> int:
+    from es_lottery.experiments import legacy_runs
+
+    paths = args.paths or [args.out]
+    reports = legacy_runs.migrate_paths(paths, args.out, console)
+    console.print(f"{len(reports)} old run(s) or archive(s) migrated into {args.out}/store")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    import importlib
+
+    return importlib.import_module(f"es_lottery.experiments.reports.{args.page}").main(args=args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
     nets.add_argument("--out", default="runs", help="output directory (default: runs/)")
     nets.set_defaults(func=cmd_nets)
+    migrate = sub.add_parser(
+        "migrate", help="old-layout run directories (<name>-<hash>) and committed archives into the run store"
+    )
+    migrate.add_argument(
+        "paths",
+        nargs="*",
+        help="old run directories, archives (*.run.json) or folders holding them (default: every old run "
+        "directory in --out)",
+    )
+    migrate.add_argument("--out", default="runs", help="the output directory whose store receives them")
+    migrate.set_defaults(func=cmd_migrate)
+    report = sub.add_parser("report", help="rebuild a committed results page (docs/results/*.md)")
+    pages = report.add_subparsers(dest="page", required=True)
+    from es_lottery.experiments import reports
+
+    for name, (what, _) in reports.PAGES.items():
+        reports.add_arguments(name, pages.add_parser(name, help=what))
+    report.set_defaults(func=cmd_report)
     return parser
 
 

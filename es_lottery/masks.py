@@ -33,6 +33,7 @@ __all__ = [
     "check_congruent",
     "check_density",
     "count",
+    "default_prunable",
     "density",
     "is_nested",
     "kept_count",

@@ -35,6 +35,24 @@ import numpy as np
 from es_lottery import masks as masks_lib
 from es_lottery._checks import check_choice
 
+__all__ = [
+    "HIDDEN_ACTIVATIONS",
+    "INITS",
+    "MLP",
+    "NETWORKS",
+    "OUTPUT_ACTIVATIONS",
+    "PaperCNN",
+    "apply",
+    "check_input",
+    "init_params",
+    "initializers",
+    "lenet_300_100",
+    "make_network",
+    "num_params",
+    "num_prunable",
+    "output_bias_init",
+]
+
 INITS = ("uniform", "kaiming_normal", "signed_kaiming_constant", "lecun_normal", "lecun_normal_hidden_bias")
 # inits whose output-layer bias is zero while their hidden layers' biases are not
 ZERO_OUTPUT_BIAS = ("lecun_normal_hidden_bias",)

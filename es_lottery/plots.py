@@ -1,25 +1,38 @@
-"""Plots for run directories (matplotlib, Agg backend, PNG)."""
+"""Figures of the experiments (PNG): GA curves, accuracy boxes, ES-IMP levels, NeTS methods.
+
+Every function takes result rows (as the experiment views hold them) and a path, writes ONE PNG and
+returns its path. Figures are drawn with matplotlib's object-oriented API on an Agg canvas made inside each
+function (``analysis.plots.figure``): importing this module imports no matplotlib, and nothing here changes
+pyplot's backend or global state, so it is safe in a notebook.
+"""
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
+from es_lottery.analysis.plots import figure, save
 
-def _save(fig, path) -> Path:
-    """Lay out, write the PNG, close the figure."""
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+__all__ = [
+    "accuracy_vs_sparsity",
+    "box_by_arch",
+    "curve_by_classes",
+    "ga_curves",
+    "method_key",
+    "natural_key",
+    "nets_plots",
+    "performance_vs_density",
+]
+
+
+def _percent_axis(axis) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
 
 
 def _finite(values) -> np.ndarray:
@@ -44,7 +57,8 @@ def ga_curves(histories: dict[str, np.ndarray], path: str | Path, title: str) ->
     is held at its final value. Lines are the mean over seeds, the shaded band the 10–90 % range, and the
     ticks at the top mark the generations at which seeds stopped.
     """
-    fig, (ax_acc, ax_sp) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = figure(ncols=2, size=(5.5, 4))
+    ax_acc, ax_sp = axes[0]
     gens = np.arange(1, histories["best_acc"].shape[1] + 1)
     stops = [int(np.isfinite(row).sum()) for row in histories["best_acc"]]
     histories = {k: _hold_last(np.asarray(v, dtype=float)) for k, v in histories.items()}
@@ -56,8 +70,6 @@ def ga_curves(histories: dict[str, np.ndarray], path: str | Path, title: str) ->
         last = int(np.nonzero(alive)[0][-1]) + 1
         d = data[:, :last]
         with np.errstate(all="ignore"):
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(d, axis=0)
@@ -80,7 +92,7 @@ def ga_curves(histories: dict[str, np.ndarray], path: str | Path, title: str) ->
     ax_sp.legend(fontsize=8)
     n = histories["best_acc"].shape[0]
     fig.suptitle(f"{title} — mean over {n} seeds, band 10–90 %")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 METHOD_ORDER = ("ga", "adaptive_ab", "static_ab", "backprop")
@@ -110,7 +122,8 @@ def box_by_arch(
         by[(r["arch"], r["method"])].append(r["test_acc"])
     archs = sorted({a for a, _ in by}, key=natural_key)
     methods = sorted({m for _, m in by if m != "backprop"}, key=method_key)
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(archs) * max(1, len(methods))), 4.5))
+    fig, axes = figure(size=(max(6, 1.8 * len(archs) * max(1, len(methods))), 4.5))
+    ax = axes[0, 0]
     width = 0.8 / max(1, len(methods))
     for j, m in enumerate(methods):
         data = [_finite(by.get((a, m), [])) for a in archs]
@@ -144,7 +157,7 @@ def box_by_arch(
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def accuracy_vs_sparsity(results: list[dict], path: str | Path, title: str) -> Path:
@@ -153,7 +166,8 @@ def accuracy_vs_sparsity(results: list[dict], path: str | Path, title: str) -> P
     for r in results:
         if r.get("sparsity") is not None:
             by[f"{r['arch']} {r['method']}"].append((r["sparsity"], r["test_acc"]))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = figure(size=(7, 4.5))
+    ax = axes[0, 0]
     for i, (label, pts) in enumerate(sorted(by.items())):
         pts = np.asarray(pts, dtype=float)
         ax.scatter(pts[:, 0], pts[:, 1], s=14, alpha=0.7, color=f"C{i % 10}", label=label)
@@ -161,7 +175,7 @@ def accuracy_vs_sparsity(results: list[dict], path: str | Path, title: str) -> P
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def curve_by_classes(rows: list[dict], path: str | Path, title: str) -> Path:
@@ -169,7 +183,8 @@ def curve_by_classes(rows: list[dict], path: str | Path, title: str) -> Path:
     by = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by[r["method"]][int(r["classes"])].append(r["test_acc"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = figure(size=(6, 4))
+    ax = axes[0, 0]
     for i, (method, per_k) in enumerate(sorted(by.items())):
         ks = sorted(per_k)
         mean = [np.mean(_finite(per_k[k])) for k in ks]
@@ -180,7 +195,7 @@ def curve_by_classes(rows: list[dict], path: str | Path, title: str) -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +242,8 @@ def performance_vs_density(
             continue
         by[str(r[label_key])][int(r["level"])].append((float(r["density"]), float(v)))
     labels = [c for c in (order or ()) if c in by] + sorted(c for c in by if c not in (order or ()))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = figure(size=(7, 4.5))
+    ax = axes[0, 0]
     for i, label in enumerate(labels):
         levels = sorted(by[label])
         x = np.asarray([np.mean([d for d, _ in by[label][k]]) for k in levels])
@@ -257,17 +273,141 @@ def performance_vs_density(
             ticks = [t for t in ticks if f"{t:.0e}"[0] in "125"]
         if ticks:
             ax.set_xticks(ticks)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    from matplotlib.ticker import NullFormatter
+
+    _percent_axis(ax.xaxis)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("remaining prunable weights (log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.25)
     if labels or reference:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# NeTS (Jackson et al. 2023)
+
+NETS_METHODS = ("nets", "imp", "random", "dense")
+
+
+def _nets_accuracy_by_method(results: list[dict], methods: list[str], path: Path, title: str) -> Path:
+    """Test accuracy per method, one dot per seed, the mean density annotated."""
+    fig, axes = figure(size=(1.6 * len(methods) + 2.5, 4))
+    ax = axes[0, 0]
+    for i, m in enumerate(methods):
+        rows = [r for r in results if r["method"] == m]
+        acc = np.asarray([r["test_accuracy"] for r in rows], float)
+        dens = np.asarray([r["density"] for r in rows], float)
+        jitter = np.linspace(-0.12, 0.12, len(acc)) if len(acc) > 1 else np.zeros(1)
+        ax.bar(i, acc.mean(), width=0.6, color=f"C{i}", alpha=0.35)
+        ax.errorbar(i, acc.mean(), yerr=acc.std(), color="k", capsize=4)
+        ax.plot(i + jitter, acc, "o", color=f"C{i}", ms=4)
+        ax.annotate(
+            f"{100 * acc.mean():.1f} %\nd = {100 * dens.mean():.1f} %",
+            (i, min(acc.mean() + acc.std(), 1.0)),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.15)
+    ax.set_title(f"{title}: test accuracy (mean ± std, dots = seeds; d = density of prunable weights)")
+    ax.title.set_fontsize(9)
+    return save(fig, path)
+
+
+def _nets_search(rows: list[dict], path: Path, title: str) -> Path:
+    """NeTS search curves: best fitness and loss, best and mean density (thin: seeds, thick: mean)."""
+    seeds = sorted({r["seed"] for r in rows})
+    length = max(r["generation"] for r in rows)
+    keys = ("best_fitness", "best_loss", "best_density", "mean_density")
+    curves = {k: np.full((len(seeds), length), np.nan) for k in keys}
+    for r in rows:
+        for k in curves:
+            v = r.get(k)
+            curves[k][seeds.index(r["seed"]), r["generation"] - 1] = np.nan if v is None else v
+    gens = np.arange(1, length + 1)
+    fig, axes = figure(ncols=2, size=(5.5, 4))
+    a1, a2 = axes[0]
+    for k, ax, color in (
+        ("best_fitness", a1, "C0"),
+        ("best_loss", a1, "C1"),
+        ("best_density", a2, "C0"),
+        ("mean_density", a2, "C2"),
+    ):
+        for row in curves[k]:
+            ax.plot(gens, row, color=color, alpha=0.2, lw=0.8)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ax.plot(gens, np.nanmean(curves[k], axis=0), color=color, label=k.replace("_", " "))
+    a1.set_xlabel("generation")
+    a1.set_ylabel("fitness (minimised) / loss")
+    a1.legend(fontsize=8)
+    a2.set_xlabel("generation")
+    a2.set_ylabel("density of prunable weights")
+    a2.legend(fontsize=8)
+    fig.suptitle(f"{title}: NeTS search (thin lines = seeds, thick = mean)")
+    return save(fig, path)
+
+
+def _nets_levels(
+    results: list[dict], imp_rows: list[dict], methods: list[str], path: Path, title: str
+) -> Path:
+    """IMP levels (test accuracy against density) with the other methods as points."""
+    fig, axes = figure(size=(6, 4))
+    ax = axes[0, 0]
+    levels = sorted({r["level"] for r in imp_rows})
+    d = [np.mean([r["density"] for r in imp_rows if r["level"] == k]) for k in levels]
+    a = [[r["test_accuracy"] for r in imp_rows if r["level"] == k] for k in levels]
+    ax.errorbar(
+        d,
+        [float(np.mean(v)) for v in a],
+        yerr=[float(np.std(v)) for v in a],
+        marker="o",
+        color="C1",
+        capsize=3,
+        label="IMP levels",
+    )
+    for i, m in enumerate(methods):
+        if m == "imp":
+            continue
+        rows = [r for r in results if r["method"] == m]
+        ax.errorbar(
+            np.mean([r["density"] for r in rows]),
+            np.mean([r["test_accuracy"] for r in rows]),
+            xerr=np.std([r["density"] for r in rows]),
+            yerr=np.std([r["test_accuracy"] for r in rows]),
+            marker="s",
+            ls="none",
+            capsize=3,
+            color=f"C{i}",
+            label=m,
+        )
+    ax.invert_xaxis()
+    _percent_axis(ax.xaxis)
+    ax.set_xlabel("density of prunable weights")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: accuracy vs density")
+    return save(fig, path)
+
+
+def nets_plots(plot_dir: str | Path, title: str, results: list[dict], metric_rows: list[dict]) -> list[Path]:
+    """A NeTS experiment's figures in ``plot_dir``: ``accuracy_by_method.png``, ``nets_search.png`` (with
+    NeTS metrics rows) and ``accuracy_vs_density.png`` (with IMP level rows)."""
+    plot_dir = Path(plot_dir)
+    methods = [m for m in NETS_METHODS if any(r["method"] == m for r in results)]
+    written = []
+    if methods:
+        written.append(_nets_accuracy_by_method(results, methods, plot_dir / "accuracy_by_method.png", title))
+    nets_rows = [r for r in metric_rows if r.get("job") == "nets"]
+    if nets_rows:
+        written.append(_nets_search(nets_rows, plot_dir / "nets_search.png", title))
+    imp_rows = [r for r in metric_rows if r.get("job") == "imp"]
+    if imp_rows:
+        written.append(_nets_levels(results, imp_rows, methods, plot_dir / "accuracy_vs_density.png", title))
+    return written

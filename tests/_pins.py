@@ -1,4 +1,4 @@
-"""Pinned results of small GA, ES-IMP and NeTS runs and the run-directory names of every shipped config.
+"""Pinned results of small GA, ES-IMP and NeTS runs and the run-store keys of every shipped config's jobs.
 
 ``python tests/_pins.py --write`` records them in ``tests/pins.json``; ``tests/test_pinned_results.py``
 recomputes them and demands bit-identical values. They were first recorded on the code BEFORE the task
@@ -9,13 +9,19 @@ What is pinned (every float as its exact bit pattern, via SHA-256 of the bytes):
 
 * ``slt``: a tiny moons experiment (arch A and a deep arch on the 2-input table path; plain GA and adaptive
   AB; a cross-entropy-fitness GA on digits) — every results row (without wall-clock seconds) and every
-  per-generation metrics row.
+  per-generation metrics row of the experiment's view.
 * ``imp``: a tiny ES-IMP run (digits, MLP, SNES and Sep-CMA-ES, SNR + magnitude + random re-init, 2 levels)
-  — metrics rows and every saved array (masks, θ₀, final params, std, curves).
+  — metrics rows and every saved array (masks, θ₀, final params, std, curves), named by their path below
+  the run's directory in the store (``seed_0/magnitude/level_0/mask.npz:packed``: the names the run
+  directory of the code before the store gave them, so the digests are those recorded then).
 * ``nets``: a tiny NeTS experiment (XOR; the paper's train-then-validate fitness and the forward one) —
-  results rows and the saved tickets.
-* ``config_hashes``: the run-directory name of every YAML under ``configs/`` (existing run directories
-  must keep their names).
+  results and metrics rows, and the saved tickets (named ``tickets/nets_seed<s>.npz:<array>`` as then).
+* ``job_keys``: the directory in the run store of every job of every YAML under ``configs/`` (a change of
+  the loader, a default or the hashing rule must not move a finished job; replaced the config-hash pins of
+  the old layout, whose directory names hashed every field).
+
+The number pins were recorded on the code BEFORE the task-protocol refactor and are unchanged by the run
+store (the store changed where files live, not what they hold).
 
 A pin is a digest, so a mismatch says only WHICH group changed; rerun with ``--show`` on both versions to
 see the values.
@@ -126,7 +132,6 @@ def slt_pins(out: Path) -> dict:
     for cfg in (SLT, SLT_CE):
         run = slt.run_experiment(slt.parse_config(copy.deepcopy(cfg)), out, console=_quiet())
         pins[cfg["name"]] = {
-            "dir": run.name,
             "results": _digest(_rows(run / "results.jsonl")),
             "metrics": _digest(_rows(run / "metrics.jsonl")),
         }
@@ -141,11 +146,11 @@ def imp_pins(out: Path) -> dict:
         cfg = copy.deepcopy(IMP)
         cfg["name"] = f"pin_imp_{algorithm}"
         cfg["trainer"]["algorithm"] = algorithm
-        run = imp.run_experiment(imp.parse_config(cfg), out, console=_quiet())
+        exp = imp.parse_config(cfg)
+        run = imp.run_experiment(exp, out, console=_quiet())
         pins[cfg["name"]] = {
-            "dir": run.name,
             "metrics": _digest(_rows(run / "metrics.jsonl")),
-            "arrays": _digest(_npz_digests(run)),
+            "arrays": _digest(_npz_digests(imp.data_dir(exp, out))),
         }
     return pins
 
@@ -158,32 +163,42 @@ def nets_pins(out: Path) -> dict:
         cfg = copy.deepcopy(NETS)
         cfg["name"] = f"pin_nets_{fitness}"
         cfg["nets"]["fitness"] = fitness
-        run = nets.run_experiment(nets.parse_config(cfg), out, console=_quiet())
+        exp = nets.parse_config(cfg)
+        run = nets.run_experiment(exp, out, console=_quiet())
+        tickets = nets.branches(exp, out)["nets"]
+        arrays = {}
+        for s in range(exp.seeds):
+            with np.load(tickets.seed(s) / "ticket.npz", allow_pickle=False) as data:
+                for k in sorted(data.files):
+                    arrays[f"tickets/nets_seed{s}.npz:{k}"] = _array_digest(data[k])
         pins[cfg["name"]] = {
-            "dir": run.name,
             "results": _digest(_rows(run / "results.jsonl")),
             "metrics": _digest(_rows(run / "metrics.jsonl")),
-            "arrays": _digest(_npz_digests(run)),
+            "arrays": _digest(arrays),
         }
     return pins
 
 
-def config_hashes() -> dict[str, str]:
+def job_keys(root: Path = ROOT) -> dict[str, dict[str, str]]:
+    """Per shipped config: job → its directory in the run store (nothing is created)."""
+    import warnings
+
     from es_lottery.experiments import imp, nets, slt
-    from es_lottery.experiments.rundir import config_hash
 
     out = {}
-    for path in sorted((ROOT / "configs").glob("*/*.yaml")):
-        kind = path.parent.name
-        if kind == "slt":
-            resolved = slt.load_config(path).resolved()
-        elif kind == "imp":
-            resolved = imp.load_config(path).resolved(with_seeds=False)
-        elif kind == "nets":
-            resolved = nets.load_config(path).resolved()
-        else:
-            continue
-        out[f"{kind}/{path.name}"] = config_hash(resolved)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the shipped configs use the current spellings
+        for path in sorted((root / "configs").glob("*/*.yaml")):
+            kind, name = path.parent.name, f"{path.parent.name}/{path.name}"
+            if kind == "slt":
+                exp = slt.load_config(path)
+                out[name] = {j.name: j.branch.relpath for j in slt.plan(exp, "runs")}
+            elif kind == "imp":
+                exp = imp.load_config(path)
+                out[name] = {"trunk": imp.trunk(exp, "runs").relpath, **imp.branch_dirs(exp)}
+            elif kind == "nets":
+                exp = nets.load_config(path)
+                out[name] = {m: b.relpath for m, b in nets.branches(exp, "runs").items() if m in exp.methods}
     return out
 
 
@@ -195,7 +210,7 @@ def compute(groups=tuple(GROUPS)) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for g in groups:
             out[g] = GROUPS[g](Path(tmp) / g)
-    out["config_hashes"] = config_hashes()
+    out["job_keys"] = job_keys()
     return out
 
 

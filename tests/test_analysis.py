@@ -433,11 +433,12 @@ def test_load_run_reads_every_level(tiny_run):
 
 
 def test_incomplete_run_directory_names_everything_missing(tiny_run, tmp_path):
-    broken = tmp_path / tiny_run.name
-    shutil.copytree(tiny_run, broken)
-    (broken / "seed_0/snr/level_1/final_params.npz").unlink()
-    (broken / "seed_0/snr/level_0/metrics.json").unlink()
-    (broken / "seed_0/theta0.npz").unlink()
+    shutil.copytree(tiny_run.parent, tmp_path / "out")  # the view and the store
+    broken = tmp_path / "out" / tiny_run.name
+    data = imp.data_dir(imp.parse_config(TINY_RUN), tmp_path / "out")
+    (data / "seed_0/snr/level_1/final_params.npz").unlink()
+    (data / "seed_0/snr/level_0/metrics.json").unlink()
+    (data / "seed_0/theta0.npz").unlink()
     with pytest.raises(R.RunDirectoryError) as info:
         R.load_run(broken)
     msg = str(info.value)
@@ -449,10 +450,8 @@ def test_incomplete_run_directory_names_everything_missing(tiny_run, tmp_path):
         assert where in msg
     assert len(info.value.problems) == 3
 
-    shutil.rmtree(broken / "seed_0/snr/level_1")
-    np.savez(
-        broken / "seed_0/theta0.npz", **{"dense_0/kernel": np.zeros((3, 8)), "dense_0/bias": np.zeros(8)}
-    )
+    shutil.rmtree(data / "seed_0/snr/level_1")
+    np.savez(data / "seed_0/theta0.npz", **{"dense_0/kernel": np.zeros((3, 8)), "dense_0/bias": np.zeros(8)})
     with pytest.raises(R.RunDirectoryError) as info:
         R.load_run(broken)
     msg = str(info.value)

@@ -22,6 +22,7 @@ from rich.console import Console
 from es_lottery import masks as M
 from es_lottery.experiments import imp
 from es_lottery.pruning import baselines as B
+from es_lottery.pruning import es_trainer as EST
 from es_lottery.pruning import gd
 from es_lottery.pruning import loop as L
 
@@ -66,12 +67,14 @@ def counting_train(calls: list, kill_at: int | None = None):
 
 @pytest.fixture(scope="module")
 def chain_run(tmp_path_factory) -> tuple[Path, int]:
+    """(the run's data directory in the store, the number of training calls)."""
     out = tmp_path_factory.mktemp("chain")
     calls: list = []
+    exp = imp.parse_config(config())
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gd.GDTrainer, "train", counting_train(calls))
-        path = imp.run_experiment(imp.parse_config(config()), out, console=quiet())
-    return path, len(calls)
+        imp.run_experiment(exp, out, console=quiet())
+    return imp.data_dir(exp, out), len(calls)
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +122,14 @@ def prunable(tree) -> list[tuple[str, np.ndarray]]:
 class Level:
     """The saved files of one level of one chain."""
 
-    def __init__(self, root: Path, name: str, level: int, like):
-        d = root / "seed_0" / name / f"level_{level}"
+    def __init__(self, root: Path, name: str, level: int, like, dirs: dict | None = None):
+        d = root / "seed_0" / (dirs or {}).get(name, name) / f"level_{level}"
         self.dir = d
         self.mask = imp.load_mask(d / "mask.npz", like)
         nxt = d / "next_mask.npz"
         self.next_mask = imp.load_mask(nxt, like) if nxt.exists() else None
-        self.start = imp.load_tree(d / "theta0.npz", like)
-        self.final = imp.load_tree(d / "final_params.npz", like)
+        self.start = imp.load_tree(d / "theta0.npz", like)[0]
+        self.final = imp.load_tree(d / "final_params.npz", like)[0]
         self.row = json.loads((d / "metrics.json").read_text())
 
 
@@ -134,18 +137,29 @@ class Level:
 # config key and hash rule
 
 
-def test_baseline_mode_key_and_hash_rule(monkeypatch):
+def test_baseline_mode_and_mask_source_key_the_baseline_branches(monkeypatch, tmp_path):
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before validating"))
     chain = imp.parse_config(config())
     branch = imp.parse_config(config(baseline_mode="branch"))
     assert chain.baseline_mode == "chain" and branch.baseline_mode == "branch"
-    assert chain.resolved()["baseline_mode"] == "chain"
-    assert "baseline_mode" not in branch.resolved()  # the old resolved dict: old run-directory names
-    assert {k: v for k, v in chain.resolved().items() if k != "baseline_mode"} == branch.resolved()
-    for mode in (None, "chain", "branch"):  # no baselines: the key never enters the hash
-        extra = {} if mode is None else {"baseline_mode": mode}
-        exp = imp.parse_config(config(criteria=["magnitude"], **extra))
-        assert "baseline_mode" not in exp.resolved()
+    # the defaults (chain, from magnitude) keep the plain names; another mode or source gets a key
+    assert imp.branch_dirs(chain) == {c: c for c in CFG["criteria"]}
+    for name in BASELINES:
+        assert imp.branch_dirs(branch)[name].startswith(f"{name}-")
+    snr = imp.parse_config(config(trainer={"type": "es"}, criteria=["snr", "random_reinit"]))
+    assert (
+        imp.branch_dirs(snr)["random_reinit"]
+        != imp.branch_dirs(
+            imp.parse_config(config(trainer={"type": "es"}, criteria=["magnitude", "snr", "random_reinit"]))
+        )["random_reinit"]
+    )
+    # the mode and the criteria are branches, not part of the trunk: every variant shares its IMP chains
+    trunks = {
+        imp.data_dir(imp.parse_config(config(criteria=c, **m)), tmp_path)
+        for c in (["magnitude"], ["magnitude", *BASELINES])
+        for m in ({}, {"baseline_mode": "branch"})
+    }
+    assert len(trunks) == 1
     for bad in ("chains", 1, None):
         with pytest.raises(ValueError) as err:
             imp.parse_config(config(baseline_mode=bad))
@@ -169,7 +183,8 @@ def test_level0_is_the_imp_dense_run_and_not_retrained(chain_run):
         assert row["test_accuracy"] == want["test_accuracy"] and row["kept"] == row["total"]
         assert (row["criterion"], row["kind"], row["shared_from"]) == (name, "baseline", "magnitude/level_0")
         assert row["baseline_mode"] == "chain"
-    rows = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
+    view = root.parents[2] / CFG["name"]
+    rows = [json.loads(x) for x in (view / "metrics.jsonl").read_text().splitlines()]
     assert sorted((r["criterion"], r["level"]) for r in rows) == sorted(
         (c, k) for c in CFG["criteria"] for k in range(3)
     )
@@ -268,7 +283,8 @@ def test_branch_mode_is_the_old_one_shot_behaviour(chain_run, setup, tmp_path):
     exp = imp.parse_config(
         config(baseline_mode="branch", criteria=["magnitude", "mask_reinit", "permute_weights"])
     )
-    root = imp.run_experiment(exp, tmp_path, console=quiet())
+    imp.run_experiment(exp, tmp_path, console=quiet())
+    root, dirs = imp.data_dir(exp, tmp_path), imp.branch_dirs(exp)
     _, trainer, theta0, run_key = setup
     for k in range(3):  # the IMP chain does not depend on the mode
         assert files(root / "seed_0" / "magnitude" / f"level_{k}") == files(
@@ -277,8 +293,8 @@ def test_branch_mode_is_the_old_one_shot_behaviour(chain_run, setup, tmp_path):
     for name in ("mask_reinit", "permute_weights"):
         key = jax.random.fold_in(run_key, imp.BASELINE_KEY_OFFSET + imp.BASELINE_CRITERIA.index(name))
         for k in range(3):
-            lv = Level(root, name, k, theta0)
-            src = Level(root, "magnitude", k, theta0).mask
+            lv = Level(root, name, k, theta0, dirs)
+            src = Level(root, "magnitude", k, theta0, dirs).mask
             (want,) = B.run_baseline(key, trainer, name, theta0, {k: src}, levels=[k])
             assert (
                 same(lv.mask, want.mask)
@@ -286,7 +302,7 @@ def test_branch_mode_is_the_old_one_shot_behaviour(chain_run, setup, tmp_path):
                 and same(lv.final, want.final_params)
             )
             assert lv.next_mask is None and "baseline_mode" not in lv.row and "shared_from" not in lv.row
-        assert not same(Level(root, name, 0, theta0).start, theta0)  # level 0 transformed too
+        assert not same(Level(root, name, 0, theta0, dirs).start, theta0)  # level 0 transformed too
 
 
 def test_killed_chain_resumes_bitwise_identically(chain_run, tmp_path):
@@ -297,7 +313,7 @@ def test_killed_chain_resumes_bitwise_identically(chain_run, tmp_path):
         mp.setattr(gd.GDTrainer, "train", counting_train([], kill_at=kill_at))
         with pytest.raises(Killed):
             imp.run_experiment(exp, tmp_path, console=quiet())
-    root = tmp_path / root0.name
+    root = imp.data_dir(exp, tmp_path)
     assert (root / "seed_0" / "permute_weights" / "level_1" / "metrics.json").exists()
     assert not (root / "seed_0" / "permute_weights" / "level_2" / "metrics.json").exists()
     calls: list = []
@@ -336,7 +352,8 @@ ES_CFG = {
 
 def test_es_chain_killed_mid_level_resumes_bitwise_identically(tmp_path):
     exp = imp.parse_config(copy.deepcopy(ES_CFG))
-    full = imp.run_experiment(exp, tmp_path / "full", console=quiet())
+    imp.run_experiment(exp, tmp_path / "full", console=quiet())
+    full = imp.data_dir(exp, tmp_path / "full")
     seen = []
 
     def kill(info):
@@ -346,9 +363,9 @@ def test_es_chain_killed_mid_level_resumes_bitwise_identically(tmp_path):
 
     with pytest.raises(Killed):
         imp.run_experiment(exp, tmp_path / "killed", console=quiet(), on_segment=kill)
-    root = tmp_path / "killed" / full.name
+    root = imp.data_dir(exp, tmp_path / "killed")
     ckpt = root / "seed_0" / "permute_weights" / "level_1" / "checkpoint"
-    assert [p.name for p in ckpt.iterdir()] == ["gen_00000002"]  # killed in the middle of the chain level
+    assert EST.NpzCheckpointer(ckpt).latest_generation() == 2  # killed in the middle of the chain level
     resumed = []
     imp.run_experiment(exp, tmp_path / "killed", console=quiet(), on_segment=resumed.append)
     assert [(r["criterion"], r["level"], r["generation"]) for r in resumed] == [("permute_weights", 1, 4)]

@@ -358,25 +358,23 @@ def _experiment(trainer: dict) -> imp.IMPExperiment:
     )
 
 
-def test_new_fields_stay_out_of_the_hashed_trainer_dict_at_their_old_value():
-    for algorithm in ("SNES", "PGPE"):
-        d = _experiment({"algorithm": algorithm}).trainer_dict()
-        assert not set(es.ESConfig.ADDED_FIELDS) & set(d), d
-    # Sep-CMA-ES's default became the paper's rates: a behaviour change, so it is hashed (a new directory)
-    d = _experiment({"algorithm": "Sep_CMA_ES"}).trainer_dict()
-    assert set(es.ESConfig.ADDED_FIELDS) & set(d) == {"sep_cma_rates"}
-    assert d["sep_cma_rates"] == "evosax_0.1.4"
-    d = _experiment({"algorithm": "Sep_CMA_ES", "sep_cma_rates": "evosax_0.3"}).trainer_dict()
-    assert not set(es.ESConfig.ADDED_FIELDS) & set(d), d
-    d = _experiment({"algorithm": "Sep_CMA_ES", "sep_cma_rates": "evosax_0.1.4", "elite_ratio": 0.5})
-    assert {"sep_cma_rates": "evosax_0.1.4", "elite_ratio": 0.5}.items() <= d.trainer_dict().items()
-    d = _experiment({"algorithm": "SNES", "temperature": 12}).trainer_dict()  # YAML int → float
-    assert d["temperature"] == 12.0 and isinstance(d["temperature"], float)
-    d = _experiment({"algorithm": "PGPE", "sigma_decay": 0.999, "sigma_limit": 0.01}).trainer_dict()
-    assert (d["sigma_decay"], d["sigma_limit"]) == (0.999, 0.01)
-    a = _experiment({"algorithm": "SNES", "temperature": 12}).resolved()
-    b = _experiment({"algorithm": "SNES", "temperature": 12.0}).resolved()
-    assert a == b
+def test_the_store_key_holds_only_fields_that_differ_from_their_defaults(tmp_path):
+    """A trainer field at its default is no part of the run store's key (so a field added with a default
+    renames no job); a changed one is, and YAML's 12 and 12.0 resolve to the same key."""
+    base = imp.data_dir(_experiment({"algorithm": "SNES"}), tmp_path)
+    assert imp.data_dir(_experiment({"algorithm": "SNES", "temperature": 0.0}), tmp_path) == base
+    assert imp.data_dir(_experiment({"algorithm": "SNES", "sigma_init": 0.05}), tmp_path) == base
+    a = imp.data_dir(_experiment({"algorithm": "SNES", "temperature": 12}), tmp_path)
+    assert a != base and a == imp.data_dir(_experiment({"algorithm": "SNES", "temperature": 12.0}), tmp_path)
+    fields = imp.trunk(_experiment({"algorithm": "Sep_CMA_ES", "elite_ratio": 0.5}), tmp_path).fields
+    assert fields["trainer"] == {
+        "type": "es",
+        "algorithm": "Sep_CMA_ES",
+        "population_size": 8,
+        "elite_ratio": 0.5,
+    }
+    pgpe = imp.trunk(_experiment({"algorithm": "PGPE", "sigma_decay": 0.999, "sigma_limit": 0.01}), tmp_path)
+    assert (pgpe.fields["trainer"]["sigma_decay"], pgpe.fields["trainer"]["sigma_limit"]) == (0.999, 0.01)
 
 
 # ----------------------------------------------------------------------------------------------

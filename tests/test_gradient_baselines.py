@@ -201,7 +201,7 @@ def test_early_stopping_on_plateau(tiny_binary):
     """lr = 0: constant loss → the first epoch sets the best, n_iter_no_change + 1 more epochs without
     improvement trigger the stop: n_iter_no_change + 2 epochs in all, as sklearn does."""
     x, y = tiny_binary
-    cfg = bp.BackpropConfig(solver="sgd", lr=0.0, momentum=0.0, batch_size=200, alpha=0.0)
+    cfg = bp.BackpropConfig(solver="sgd", learning_rate=0.0, momentum=0.0, batch_size=200, alpha=0.0)
     res = bp.train(jax.random.key(0), (2, 5, 2), x, y, cfg)
     assert int(res.epochs) == cfg.n_iter_no_change + 2
     assert bool(res.converged) and not bool(res.diverged)
@@ -214,7 +214,7 @@ def test_early_stopping_on_plateau(tiny_binary):
     assert clf.n_iter_ == int(res.epochs)
 
     # adaptive sgd: lr /5 on each plateau while lr > 1e-6 (1e-5 → 2e-6 → 4e-7, then stop)
-    cfg = cfg.replace(lr=1e-5, learning_rate="adaptive")
+    cfg = cfg.replace(learning_rate=1e-5, lr_schedule="adaptive")
     res = bp.train(jax.random.key(0), (2, 5, 2), x, y, cfg)
     clf = _sklearn_fit(
         x, y, hidden_layer_sizes=(5,), solver="sgd", learning_rate="adaptive", learning_rate_init=1e-5,
@@ -248,7 +248,7 @@ def test_backprop_matches_sklearn_step_for_step(tiny_binary, solver, kw):
         }
     cfg = bp.BackpropConfig(
         solver=solver,
-        lr=kw["learning_rate_init"],
+        learning_rate=kw["learning_rate_init"],
         batch_size=64,
         alpha=0.01,
         max_epochs=6,
@@ -265,7 +265,7 @@ def test_backprop_matches_sklearn_step_for_step(tiny_binary, solver, kw):
 
 def test_backprop_vmapped_seeds_and_glorot_init(tiny_binary):
     x, y = tiny_binary
-    cfg = bp.BackpropConfig(lr=0.01, batch_size=64, max_epochs=4)
+    cfg = bp.BackpropConfig(learning_rate=0.01, batch_size=64, max_epochs=4)
     keys = jax.random.split(jax.random.key(5), 2)
     batched = bp.train_seeds(keys, (2, 6, 2), x, y, cfg)
     for i in range(2):
@@ -291,14 +291,14 @@ def test_backprop_vmapped_seeds_and_glorot_init(tiny_binary):
     [
         (lambda: ep.EdgePopupConfig(kept_fraction=0.0), "kept_fraction"),
         (lambda: ep.EdgePopupConfig(kept_fraction=1.5), "kept_fraction"),
-        (lambda: ep.EdgePopupConfig(lr=-0.1), "lr"),
+        (lambda: ep.EdgePopupConfig(learning_rate=-0.1), "learning_rate"),
         (lambda: ep.EdgePopupConfig(epochs=0), "epochs"),
         (lambda: ep.EdgePopupConfig(batch_size=0), "batch_size"),
         (lambda: ep.EdgePopupConfig(momentum=1.0), "momentum"),
         (lambda: ep.EdgePopupConfig(weight_init="xavier"), "weight_init"),
         (lambda: bp.BackpropConfig(solver="lbfgs"), "solver"),
-        (lambda: bp.BackpropConfig(lr=-1e-3), "lr"),
-        (lambda: bp.BackpropConfig(learning_rate="invscaling"), "learning_rate"),
+        (lambda: bp.BackpropConfig(learning_rate=-1e-3), "learning_rate"),
+        (lambda: bp.BackpropConfig(lr_schedule="invscaling"), "lr_schedule"),
         (lambda: bp.BackpropConfig(alpha=-1.0), "alpha"),
         (lambda: bp.BackpropConfig(n_iter_no_change=0), "n_iter_no_change"),
         (lambda: bp.paper_config("blobs", "A"), "dataset"),

@@ -69,9 +69,20 @@ def tiny(**changes) -> dict:
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> Path:
-    """The reference: the tiny config run once, never interrupted."""
+    """The reference: the tiny config run once, never interrupted; its data directory (the store's trunk)."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    return imp.run_experiment(imp.parse_config(TINY), out, console=quiet())
+    exp = imp.parse_config(TINY)
+    imp.run_experiment(exp, out, console=quiet())
+    return imp.data_dir(exp, out)
+
+
+def out_of(data_dir: Path) -> Path:
+    """The output directory of a trunk ``<out>/store/imp/<trunk>``."""
+    return data_dir.parents[2]
+
+
+def load(path: Path, like):
+    return imp.load_tree(path, like)[0]
 
 
 def npz_files(root: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -102,13 +113,12 @@ def test_resume_after_kill_mid_level_is_bitwise_identical(full_run, tmp_path, ki
 
     with pytest.raises(Killed):
         imp.run_experiment(exp, tmp_path, console=quiet(), on_segment=kill)
-    root = tmp_path / full_run.name  # same config → same hash → same directory name
+    root = imp.data_dir(exp, tmp_path)  # same config → same key → same place in the store
+    assert root.relative_to(tmp_path) == full_run.relative_to(out_of(full_run))
     level, gen = divmod(kill_after - 1, SEGMENTS_PER_LEVEL)
     ldir = root / "seed_0" / "snr" / f"level_{level}"
     assert not (ldir / "metrics.json").exists()  # the level is unfinished …
-    assert sorted(p.name for p in (ldir / "checkpoint").iterdir()) == [
-        f"gen_{5 * (gen + 1):08d}"
-    ]  # … mid-way
+    assert EST.NpzCheckpointer(ldir / "checkpoint").latest_generation() == 5 * (gen + 1)  # … mid-way
 
     resumed = []
     imp.run_experiment(exp, tmp_path, console=quiet(), on_segment=resumed.append)
@@ -132,7 +142,7 @@ def test_resume_after_kill_mid_level_is_bitwise_identical(full_run, tmp_path, ki
         a.pop("seconds"), b.pop("seconds")
         assert a == b
         assert not (root / d.relative_to(full_run) / "checkpoint").exists()  # removed once finished
-    rows = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == len(exp.criteria) * exp.num_levels
 
 
@@ -143,23 +153,29 @@ def test_finished_levels_are_skipped(full_run, monkeypatch):
     monkeypatch.setattr(EST.ESTrainer, "train", boom)
     exp = imp.parse_config(TINY)
     console = quiet()
-    path = imp.run_experiment(exp, full_run.parent, console=console)
-    assert path == full_run
+    path = imp.run_experiment(exp, out_of(full_run), console=console)
+    assert path == out_of(full_run) / "tiny"
     assert "finished earlier, skipped" in console.file.getvalue()
-    summary = json.loads((full_run / "summary.json").read_text())
+    summary = json.loads((path / "summary.json").read_text())
     assert set(summary["criteria"]) == set(TINY["criteria"])
-    assert (full_run / "plots" / "performance_vs_density.png").stat().st_size > 0
+    assert (path / "plots" / "performance_vs_density.png").stat().st_size > 0
 
 
 def test_exact_nested_densities_on_disk(full_run):
     sdir = full_run / "seed_0"
-    like = networks.init_params(jax.random.key(0), imp.parse_config(TINY).module())
-    theta0 = imp.load_tree(sdir / "theta0.npz", like)
+    exp = imp.parse_config(TINY)
+    like = networks.init_params(jax.random.key(0), exp.module())
+    theta0 = load(sdir / "theta0.npz", like)
     total = 64 * 16 + 16 * 10
+    dirs = imp.branch_dirs(exp)
+    assert (
+        dirs == {"snr": "snr", "random_reinit": dirs["random_reinit"]}
+        and dirs["random_reinit"] != "random_reinit"
+    )
     for crit in TINY["criteria"]:
         prev = None
         for k in range(3):
-            d = sdir / crit / f"level_{k}"
+            d = sdir / dirs[crit] / f"level_{k}"
             mask = imp.load_mask(d / "mask.npz", theta0)
             kept, tot = M.count(mask)
             assert tot == total and int(kept) == M.kept_count(0.8**k, total)
@@ -168,9 +184,9 @@ def test_exact_nested_densities_on_disk(full_run):
             assert row["density"] == int(kept) / total
             biases = [m for p, m in jax.tree_util.tree_leaves_with_path(mask) if "bias" in M.path_name(p)]
             assert all(bool(jnp.all(b)) for b in biases)
-            final = imp.load_tree(d / "final_params.npz", theta0)
-            std = imp.load_tree(d / "std.npz", theta0)
-            start = imp.load_tree(d / "theta0.npz", theta0)
+            final = load(d / "final_params.npz", theta0)
+            std = load(d / "std.npz", theta0)
+            start = load(d / "theta0.npz", theta0)
             for m, f, s, t in zip(
                 *(jax.tree_util.tree_leaves(x) for x in (mask, final, std, start)), strict=True
             ):
@@ -237,7 +253,7 @@ def test_es_trainer_starts_every_level_from_theta0_with_sigma_init(full_run):
             assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
         # the run directory's snr level holds exactly this (no state carried over between levels)
         d = full_run / "seed_0" / "snr" / f"level_{record.level}"
-        final = imp.load_tree(d / "final_params.npz", theta0)
+        final = load(d / "final_params.npz", theta0)
         for a, b in zip(
             jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(record.final_params), strict=True
         ):
@@ -300,7 +316,7 @@ def test_gd_imp_run_and_skip(tmp_path, monkeypatch):
         ("mask_reinit", 1),
     ]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
-    assert not list(path.rglob("std.npz"))  # GD has no search distribution
+    assert not list(imp.data_dir(exp, tmp_path).rglob("std.npz"))  # GD has no search distribution
     from es_lottery.pruning import gd
 
     monkeypatch.setattr(gd.GDTrainer, "train", lambda *a, **k: pytest.fail("finished GD level trained again"))
@@ -316,6 +332,9 @@ def test_gd_imp_run_and_skip(tmp_path, monkeypatch):
     [
         ({"generations": 100}, ["generations", "criteria", "trainer"]),
         ({"trainer.generations": 100}, ["trainer.generations", "num_generations"]),
+        ({"trainer.num_generations": 20.0}, ["trainer.num_generations", "integer"]),
+        ({"trainer.use_best_mean": "false"}, ["trainer.use_best_mean", "true or false"]),
+        ({"seeds": 2.5}, ["seeds", "integer"]),
         ({"trainer.algorithm": "CMAES"}, ["trainer.algorithm", "Sep_CMA_ES", "PGPE", "SNES"]),
         ({"trainer.type": "adam"}, ["trainer.type", "es", "gd"]),
         ({"imp.prune_rate": 1.5}, ["prune_rate", "(0, 1)"]),
@@ -364,7 +383,7 @@ def test_missing_data_fails_before_compiling(tmp_path, monkeypatch):
 
 def test_network_must_fit_the_data(tmp_path):
     exp = imp.parse_config(tiny(network={"name": "paper_cnn"}))
-    with pytest.raises(ValueError, match=r"field 'network'.*digits"):
+    with pytest.raises(ValueError, match=r"network: paper_cnn.*digits"):
         imp.run_experiment(exp, tmp_path, console=quiet())
 
 

@@ -55,11 +55,15 @@ def npz_bytes(root):
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    return imp.run_experiment(imp.parse_config(copy.deepcopy(TINY)), tmp_path_factory.mktemp("run"), quiet())
+    """(the view of the run, its data directory in the store)."""
+    exp = imp.parse_config(copy.deepcopy(TINY))
+    out = tmp_path_factory.mktemp("run")
+    return imp.run_experiment(exp, out, quiet()), imp.data_dir(exp, out)
 
 
 def test_control_imp_writes_returns_and_observation_statistics(full_run):
-    rows = [json.loads(x) for x in (full_run / "metrics.jsonl").read_text().splitlines()]
+    view, data = full_run
+    rows = [json.loads(x) for x in (view / "metrics.jsonl").read_text().splitlines()]
     assert sorted((r["criterion"], r["level"]) for r in rows) == [
         ("magnitude", 0),
         ("magnitude", 1),
@@ -69,10 +73,10 @@ def test_control_imp_writes_returns_and_observation_statistics(full_run):
     for r in rows:
         assert 1.0 <= r["test_return"] <= 60.0  # CartPole: +1 per step, horizon 60
         assert "test_accuracy" not in r
-    ldir = full_run / "seed_0" / "magnitude" / "level_0"
+    ldir = data / "seed_0" / "magnitude" / "level_0"
     with np.load(ldir / "task_state.npz") as stats:
         assert float(stats["count"]) > 0  # the normaliser saw the training rollouts' observations
-    summary = json.loads((full_run / "summary.json").read_text())
+    summary = json.loads((view / "summary.json").read_text())
     assert summary["criteria"]["magnitude"][0]["test_return_mean"] == pytest.approx(rows[0]["test_return"])
     assert "env" in summary["experiment"] and "dataset" not in summary["experiment"]
 
@@ -90,8 +94,8 @@ def test_control_imp_resumes_bit_identically(full_run, tmp_path):
         imp.run_experiment(exp, tmp_path, quiet(), on_segment=kill)
     assert "env_steps_per_s" in seen[0] and seen[0]["fitness_max"] >= seen[0]["fitness_mean"]
     root = imp.run_experiment(exp, tmp_path, quiet())
-    assert root.name == full_run.name
-    assert npz_bytes(root) == npz_bytes(full_run)
+    assert root.name == full_run[0].name
+    assert npz_bytes(imp.data_dir(exp, tmp_path)) == npz_bytes(full_run[1])
 
 
 @pytest.mark.parametrize(
@@ -99,7 +103,8 @@ def test_control_imp_resumes_bit_identically(full_run, tmp_path):
     [
         ({"env": {"name": "CartPol-v1"}}, "CartPol-v1"),
         ({"env": {"name": "CartPole-v1", "episode_length": 0}}, "episode_length"),
-        ({"dataset": "digits"}, "field 'dataset' does not apply with 'env'"),
+        ({"dataset": "digits"}, "dataset: does not apply with env"),
+        ({"env": {"name": "CartPole-v1", "episodes": 3}}, "env.*episodes"),
         ({"trainer": {"type": "gd"}}, "trainer.type"),
     ],
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import io
 import json
 from functools import partial
 from pathlib import Path
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from es_lottery import cli, networks
 from es_lottery import masks as masks_lib
-from es_lottery import networks
 from es_lottery.search import nets
 from es_lottery.tasks import classification
 
@@ -339,8 +339,10 @@ def test_experiment_config_errors_name_the_field():
         exp_nets.parse_config({**base, "methods": ["random"]})
     with pytest.raises(ValueError, match="final_training"):
         exp_nets.parse_config({**base, "final_training": {"momentum": 1.0}})
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ValueError, match="unknown field 'nets_cfg'"):
         exp_nets.parse_config({**base, "nets_cfg": {}})
+    with pytest.raises(ValueError, match=r"nets\.population_size: expected an integer"):
+        exp_nets.parse_config({**base, "nets": {"population_size": 4.0}})
     exp = exp_nets.parse_config(base)
     assert exp.imp.num_levels == 8 and exp.imp.prune_rate == 0.2  # 7 × 20 % by default
     configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "nets").glob("*.yaml"))
@@ -357,8 +359,8 @@ def test_experiment_end_to_end(tmp_path):
         "dataset": "xor",
         "dataset_args": {"n": 10},
         "network": {"name": "mlp", "sizes": [2, 4, 1], "weight_init": "lecun_normal"},
-        "nets": {"pop_size": 3, "generations": 2, "inner_batch_size": 16, "fitness": "forward"},
-        "final_training": {"epochs": 2, "lr": 0.1, "batch_size": 16},
+        "nets": {"population_size": 3, "generations": 2, "inner_batch_size": 16, "fitness": "forward"},
+        "final_training": {"epochs": 2, "learning_rate": 0.1, "batch_size": 16},
         "imp": {"num_levels": 2},
         "methods": ["nets", "imp", "random"],
         "seeds": 2,
@@ -367,10 +369,8 @@ def test_experiment_end_to_end(tmp_path):
     import yaml
 
     cfg_path.write_text(yaml.safe_dump(data))
-    console = Console(file=open(tmp_path / "log.txt", "w"), width=120)
-    args = argparse.Namespace(config=str(cfg_path), seeds=None, out=str(tmp_path / "runs"))
-    assert exp_nets.main_nets(args, console) == 0
-    (run,) = list((tmp_path / "runs").glob("tiny-*"))
+    assert cli.main(["nets", str(cfg_path), "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny"
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert sorted((r["method"], r["seed"]) for r in rows) == [
         (m, s) for m in ("imp", "nets", "random") for s in range(2)
@@ -383,7 +383,10 @@ def test_experiment_end_to_end(tmp_path):
     assert set(summary["methods"]) == {"nets", "imp", "random"}
     assert (run / "plots" / "accuracy_by_method.png").exists()
     assert (run / "plots" / "nets_search.png").exists()
-    assert (run / "tickets" / "nets_seed1.npz").exists()
+    jobs = json.loads((run / "jobs.json").read_text())
+    assert (tmp_path / "runs" / "store" / jobs["nets"] / "seed_1" / "ticket.npz").exists()
     # a second run skips the finished methods
-    exp_nets.main_nets(args, console)
+    log = Console(file=io.StringIO(), width=120)
+    exp_nets.run_experiment(exp_nets.load_config(cfg_path), tmp_path / "runs", console=log)
+    assert log.file.getvalue().count("finished earlier, skipped") == 3
     assert len((run / "results.jsonl").read_text().splitlines()) == 6

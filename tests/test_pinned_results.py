@@ -2,6 +2,9 @@
 
 ``tests/pins.json`` was recorded by ``python tests/_pins.py --write`` on the code before the task-protocol
 refactor; see ``tests/_pins.py`` for what each pin covers. Every value is a digest of exact bit patterns.
+The run store moved the files, not their contents: the digests are unchanged. ``job_keys`` pins where every
+job of every shipped config lives in the store (its key), replacing the old layout's run-directory names;
+``tests/test_store.py`` checks that run directories of the old layout are migrated.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ PINNED = json.loads(_pins.PINS.read_text())
 def test_small_runs_give_the_pinned_numbers(group):
     with tempfile.TemporaryDirectory() as tmp:
         now = _pins.GROUPS[group](Path(tmp))
+    assert set(now) == set(PINNED[group])
     for name, want in PINNED[group].items():
+        assert set(now[name]) == set(want)
         for what, digest in want.items():
             assert now[name][what] == digest, (
                 f"{group} run {name!r}: {what} changed (pinned {digest}, now {now[name][what]}); "
@@ -28,7 +33,8 @@ def test_small_runs_give_the_pinned_numbers(group):
             )
 
 
-def test_shipped_configs_keep_their_run_directory_names():
-    now = _pins.config_hashes()
-    for path, digest in PINNED["config_hashes"].items():
-        assert now.get(path) == digest, f"configs/{path} would now run in another directory"
+def test_shipped_configs_keep_their_jobs_in_the_store():
+    now = _pins.job_keys()
+    assert set(now) == set(PINNED["job_keys"]), "a config was added or removed: record it with --write"
+    for path, jobs in PINNED["job_keys"].items():
+        assert now[path] == jobs, f"configs/{path}: a job would now run in another store directory"

@@ -1,4 +1,4 @@
-"""The slt experiment driver: config validation, run directory contents, skipping finished jobs."""
+"""The slt experiment driver: config validation, the view and the store, skipping finished jobs and seeds."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from es_lottery.experiments import slt
+from es_lottery.experiments import generations, slt
 
 TINY = {
     "name": "tiny",
     "dataset": "moons",
     "dataset_args": {"n_train": 1500, "n_test": 500},
-    "archs": {"A": [2, 20, 2]},
+    "networks": {"A": {"sizes": [2, 20, 2]}},
     "variants": ["ga"],
     "seeds": 2,
-    "ga": {"pop_size": 10, "min_generations": 6, "patience": 3},
+    "ga": {"population_size": 10, "min_generations": 6, "patience": 3},
     "progress_every": 4,
 }
 
@@ -29,9 +29,12 @@ TINY = {
         ({"dataset": "moonz"}, "dataset"),
         ({"variants": ["gaa"]}, "variants"),
         ({"ga": {"rec_rate": 1.5}}, "ga.rec_rate"),
-        ({"ga": {"pop_size": 1}}, "ga.pop_size"),
-        ({"bogus": 1}, "slt.bogus"),
-        ({"archs": {"A": [2, "k", 2]}}, "class_counts"),
+        ({"ga": {"population_size": 1}}, "ga.population_size: must be an integer"),
+        ({"ga": {"population_size": 10.0}}, "ga.population_size: expected an integer"),
+        ({"backprop": "yes"}, "backprop: expected true or false"),
+        ({"bogus": 1}, "bogus"),
+        ({"networks": {"A": {"sizes": [2, "k", 2]}}}, "class_counts"),
+        ({"networks": {"A": {"sizes": [2, 20, 2], "widths": 3}}}, "networks.A.widths"),
         ({"edge_popup": [{"kept_fraction": 0}]}, "edge_popup[0].kept_fraction"),
         ({"edge_popup": [{"kept_fraction": "best"}]}, "edge_popup[0].kept_fraction"),
         ({"variants": [], "edge_popup": [{"kept_fraction": "matched_best"}]}, "edge_popup[0].kept_fraction"),
@@ -60,6 +63,13 @@ def test_matched_kept_fractions_against_hand_computed_values():
     assert slt.matched_kept_fraction("matched_best", tie, jobs[::-1]) == pytest.approx(0.55)
     with pytest.raises(ValueError, match="none found"):
         slt.matched_kept_fraction("matched", rows, ["C/ga"])
+
+
+def test_old_spellings_are_read_with_a_warning():
+    old = {**TINY, "archs": {"A": [2, 20, 2]}, "ga": {"pop_size": 10, "min_generations": 6, "patience": 3}}
+    del old["networks"]
+    with pytest.warns(FutureWarning, match="ga.pop_size → ga.population_size"):
+        assert slt.parse_config(old) == slt.parse_config(TINY)
 
 
 def test_run_directory_and_skip_on_rerun(tmp_path):
@@ -130,13 +140,13 @@ def test_only_splits_jobs_without_changing_results(tmp_path, monkeypatch):
     }
     exp = slt.parse_config(cfg)
     quiet = Console(file=io.StringIO(), width=150)
-    kept, real_job = {}, slt._edge_popup_job
+    kept, real_job = {}, slt._edge_popup_seeds
 
-    def recording_job(exp, label, sizes, data, spec, matched):
-        kept[spec["kept_fraction"]] = matched
-        return real_job(exp, label, sizes, data, spec, matched)
+    def recording_job(exp, job, data, seeds, matched):
+        kept[job.spec.kept_fraction] = matched
+        return real_job(exp, job, data, seeds, matched)
 
-    monkeypatch.setattr(slt, "_edge_popup_job", recording_job)
+    monkeypatch.setattr(slt, "_edge_popup_seeds", recording_job)
     whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
 
     # first only the static-AB job and the matched edge-popup; the latter needs the GA's sparsity first
@@ -204,7 +214,7 @@ def test_interrupted_ga_job_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     quiet = Console(file=io.StringIO(), width=150)
     whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
 
-    real_save = slt.save_tree
+    real_save = generations.save_tree
     saved = []
 
     def save_then_die(path, tree, meta):
@@ -215,13 +225,15 @@ def test_interrupted_ga_job_resumes_from_its_checkpoint(tmp_path, monkeypatch):
             raise Killed
         real_save(path, tree, meta)
 
-    monkeypatch.setattr(slt, "save_tree", save_then_die)
+    monkeypatch.setattr(generations, "save_tree", save_then_die)
     with pytest.raises(Killed):
         slt.run_experiment(exp, out=tmp_path / "cut", console=quiet, checkpoint_seconds=0)
-    monkeypatch.setattr(slt, "save_tree", real_save)
+    monkeypatch.setattr(generations, "save_tree", real_save)
     run = tmp_path / "cut" / whole.name
-    ckpt = slt.checkpoint_path(slt.RunDir(tmp_path / "cut", exp.name, exp.resolved()), "A/adaptive_ab")
+    (job,) = slt.plan(exp, tmp_path / "cut")
+    ckpt = slt.checkpoint_path(job, range(0, 2))
     assert saved == [4, 8] and ckpt.exists() and not (run / "results.jsonl").exists()
+    assert ckpt.parent.parent == job.branch.path
 
     log = Console(file=io.StringIO(), width=150)
     resumed = slt.run_experiment(exp, out=tmp_path / "cut", console=log)
@@ -241,16 +253,16 @@ def test_interrupted_ga_job_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):
     import jax.numpy as jnp
 
-    from es_lottery.experiments import rundir
+    from es_lottery import treeio
 
     path = tmp_path / "c.npz"
-    rundir.save_tree(path, {"a": jnp.zeros((2, 3)), "b": jnp.int32(4)}, {"until": 4})
-    tree, meta = rundir.load_tree(path, {"a": jnp.ones((2, 3)), "b": jnp.int32(0)})
+    treeio.save_tree(path, {"a": jnp.zeros((2, 3)), "b": jnp.int32(4)}, {"until": 4})
+    tree, meta = treeio.load_tree(path, {"a": jnp.ones((2, 3)), "b": jnp.int32(0)})
     assert meta == {"until": 4} and int(tree["b"]) == 4 and tree["a"].shape == (2, 3)
-    with pytest.raises(ValueError, match=r"array 0 is float32\[2, 3\].*float32\[5, 3\]"):
-        rundir.load_tree(path, {"a": jnp.ones((5, 3)), "b": jnp.int32(0)})
-    with pytest.raises(ValueError, match="holds 2 arrays, this run's state has 1"):
-        rundir.load_tree(path, {"a": jnp.ones((2, 3))})
+    with pytest.raises(ValueError, match=r"array 'a' is float32\[2, 3\].*float32\[5, 3\]"):
+        treeio.load_tree(path, {"a": jnp.ones((5, 3)), "b": jnp.int32(0)})
+    with pytest.raises(ValueError, match="lacks the array 'c'"):
+        treeio.load_tree(path, {"a": jnp.ones((2, 3)), "c": jnp.int32(0)})
 
 
 def test_seed_chunks_are_consecutive_and_bounded():
@@ -266,21 +278,22 @@ def test_a_job_run_in_seed_chunks_keeps_finished_seeds_and_gives_the_same_number
     quiet = Console(file=io.StringIO(), width=150)
     whole = slt.run_experiment(exp, out=tmp_path / "whole", console=quiet)
 
-    real_job = slt._ga_job
+    real_job = slt._ga_chunk
     calls = []
 
     def job_then_die(*args):
-        calls.append(args[-1])
+        calls.append(args[3])
         if len(calls) == 2:  # killed while running the second chunk
             raise Killed
         return real_job(*args)
 
-    monkeypatch.setattr(slt, "_ga_job", job_then_die)
+    monkeypatch.setattr(slt, "_ga_chunk", job_then_die)
     with pytest.raises(Killed):
         slt.run_experiment(exp, out=tmp_path / "cut", console=quiet, seed_chunk=2)
     run = tmp_path / "cut" / whole.name
     assert calls == [range(0, 2), range(2, 3)]
-    assert [r["seed"] for r in _results(run)] == [0, 1]  # the first chunk's seeds are kept
+    (job,) = slt.plan(exp, tmp_path / "cut")
+    assert job.branch.done_seeds(range(3)) == {0, 1}  # the first chunk's seeds are kept
 
     calls.clear()
     log = Console(file=io.StringIO(), width=150)

@@ -23,14 +23,18 @@ __all__ = [
     "barrier_curves",
     "barrier_matrix",
     "correlation_curves",
+    "figure",
     "landscape_heatmaps",
     "layer_ratio_bars",
     "projection_curves",
+    "save",
     "transfer_curves",
 ]
 
 
-def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.5, 4.0)):
+def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.5, 4.0)):
+    """A figure of ``nrows × ncols`` panels of ``size`` inches each on its own Agg canvas (pyplot's global
+    state and backend untouched): ``(figure, axes)``, ``axes`` always 2-D."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -40,7 +44,8 @@ def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.5, 4.
     return fig, axes
 
 
-def _save(fig, path) -> Path:
+def save(fig, path) -> Path:
+    """Lay out and write ``fig`` to ``path`` (PNG, 120 dpi; parent directories created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -94,7 +99,7 @@ def barrier_curves(
 ) -> Path:
     """Error along the path θ(α) for each label; ``curves[label]`` is a ``ConnectivityResult`` or a pair
     ``(alphas, errors)``. The legend gives each barrier."""
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
     name = None
     for i, (label, c) in enumerate(curves.items()):
@@ -111,7 +116,7 @@ def barrier_curves(
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def barrier_matrix(barrier, path, labels: Sequence[str] | None = None, title: str = "error barrier") -> Path:
@@ -120,14 +125,14 @@ def barrier_matrix(barrier, path, labels: Sequence[str] | None = None, title: st
     if b.ndim != 2 or b.shape[0] != b.shape[1]:
         raise ValueError(f"barrier must be a square matrix, got shape {b.shape}")
     labels = list(labels) if labels is not None else [str(i) for i in range(b.shape[0])]
-    fig, axes = _figure(size=(5.5, 4.8))
+    fig, axes = figure(size=(5.5, 4.8))
     ax = axes[0, 0]
     im = ax.imshow(np.ma.masked_invalid(b), cmap="viridis", origin="upper")
     fig.colorbar(im, ax=ax, shrink=0.85)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +155,7 @@ def landscape_heatmaps(
         grids = {k: np.log10(np.maximum(g, 1e-12)) for k, g in grids.items()}
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if shared_scale and finite.size else (None, None)
-    fig, axes = _figure(ncols=len(grids), size=(4.4, 4.0))
+    fig, axes = figure(ncols=len(grids), size=(4.4, 4.0))
     for ax, (label, g) in zip(axes[0], grids.items(), strict=True):
         land = landscapes[label]
         im = ax.imshow(
@@ -164,7 +169,7 @@ def landscape_heatmaps(
         fig.colorbar(im, ax=ax, shrink=0.8, label=f"log10 {metric}" if log else metric)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def projection_curves(
@@ -172,7 +177,7 @@ def projection_curves(
 ) -> Path:
     """``landscape.Projection1D`` per label: the evaluated points and the fitted parabola (legend: its
     curvature 2a)."""
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
     for i, (label, p) in enumerate(projections.items()):
         color = f"C{i % 10}"
@@ -189,7 +194,7 @@ def projection_curves(
     ax.grid(alpha=0.3)
     if projections:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +214,7 @@ def layer_ratio_bars(
     stats = {k: _mean_se(v) for k, v in fractions.items()}
     n_levels = len(next(iter(stats.values()))[0])
     labels = list(level_labels) if level_labels is not None else [str(i) for i in range(n_levels)]
-    fig, axes = _figure(size=(max(5.5, 0.45 * n_levels * max(1, len(stats)) ** 0.5), 4.0))
+    fig, axes = figure(size=(max(5.5, 0.45 * n_levels * max(1, len(stats)) ** 0.5), 4.0))
     ax = axes[0, 0]
     width = 0.8 / len(stats)
     x = np.arange(n_levels)
@@ -222,7 +227,16 @@ def layer_ratio_bars(
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return save(fig, path)
+
+
+def _density_lines(series: Mapping[str, tuple[Any, Any]], path, ylabel: str, title: str) -> Path:
+    fig, axes = figure()
+    ax = axes[0, 0]
+    _lines(ax, series, density_axis=True)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return save(fig, path)
 
 
 def correlation_curves(
@@ -233,12 +247,7 @@ def correlation_curves(
 ) -> Path:
     """``series[label] = (densities, ρ)`` with ρ ``(levels,)`` or ``(seeds, levels)``: one line per label
     against the density (log, dense → sparse)."""
-    fig, axes = _figure()
-    ax = axes[0, 0]
-    _lines(ax, series, density_axis=True)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return _save(fig, path)
+    return _density_lines(series, path, ylabel, title)
 
 
 def transfer_curves(
@@ -249,9 +258,4 @@ def transfer_curves(
 ) -> Path:
     """``series[label] = (densities, scores)``: e.g. the transferred tickets, the target's own IMP ticket
     and its random-reinit control, mean ± s.e. over seeds against the density (log, dense → sparse)."""
-    fig, axes = _figure()
-    ax = axes[0, 0]
-    _lines(ax, series, density_axis=True)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return _save(fig, path)
+    return _density_lines(series, path, ylabel, title)

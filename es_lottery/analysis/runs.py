@@ -1,8 +1,10 @@
 """Finished ES-IMP runs as in-memory data: read a run directory, write / read a compact archive.
 
-Run directory (written by ``es-lottery imp``; the layout of ``experiments/imp.py``'s module doc)::
+Run directory: the view ``<out>/<name>/`` that ``es-lottery imp`` writes (``config.yaml``, ``summary.json``,
+``jobs.json``, whose ``data`` entry points at the run's directory in the run store), or an old-layout run
+directory ``<out>/<name>-<hash>/`` that holds its seeds itself. Below the seeds' directory (the layout of
+``experiments/imp.py``'s module doc; a baseline's directory is named by ``jobs.json``'s ``branches``)::
 
-    config.yaml  summary.json  metrics.jsonl
     seed_<s>/theta0.npz                          θ₀ of the seed, unmasked
     seed_<s>/<criterion>/level_<k>/
         mask.npz          prunable entries bit-packed (masks.pack) + kept / total
@@ -169,11 +171,16 @@ class RunData:
 # the params structure of a config
 
 
+MLP_ONLY = ("sizes", "hidden_activation", "output_activation")
+
+
 def _module(config: dict):
-    spec = dict(config.get("network") or {})
+    spec = {k: v for k, v in (config.get("network") or {}).items() if v is not None}
     name = spec.pop("name", None)
     if name is None:
         raise ValueError("the run's config has no 'network.name'")
+    if name != "mlp":
+        spec = {k: v for k, v in spec.items() if k not in MLP_ONLY}
     if "sizes" in spec:
         spec["sizes"] = tuple(spec["sizes"])
     return networks.make_network(name, **spec)
@@ -279,6 +286,17 @@ def _expected_seeds(root: Path, summary: dict | None) -> list[int]:
     return found
 
 
+def _layout(root: Path, criteria: Sequence[str]) -> tuple[Path, dict[str, str]]:
+    """(the directory holding ``seed_<s>/``, criterion → its directory name there): an experiment view
+    (``es-lottery imp``'s ``<out>/<name>/``) points into the run store with its ``jobs.json``; an old-layout
+    run directory holds its seeds itself, one directory per criterion."""
+    jobs = root / "jobs.json"
+    if jobs.is_file():
+        spec = json.loads(jobs.read_text())
+        return (root / spec["data"]).resolve(), {c: spec["branches"].get(c, c) for c in criteria}
+    return root, {c: c for c in criteria}
+
+
 def load_run(
     path: str | Path,
     seeds: Iterable[int] | None = None,
@@ -309,7 +327,8 @@ def load_run(
         ) from None
     all_crit = [str(c) for c in config.get("criteria") or []]
     n_levels = int((config.get("imp") or {}).get("num_levels", 20))
-    seed_ids = _select(seeds, _expected_seeds(root, summary), "seeds", root)
+    data, dirs = _layout(root, all_crit)
+    seed_ids = _select(seeds, _expected_seeds(data, summary), "seeds", root)
     if not seed_ids:
         raise RunDirectoryError(root, ["seed_0/: missing (no seed directory and no summary.json)"])
     crit_ids = _select(criteria, all_crit, "criteria", root)
@@ -320,16 +339,16 @@ def load_run(
     theta0, out = {}, {}
     for s in seed_ids:
         where = f"seed_{s}/theta0.npz"
-        if not (root / where).is_file():
+        if not (data / where).is_file():
             problems.append(f"{where}: missing")
         else:
-            t = _read_tree(root / where, like, where, problems)
+            t = _read_tree(data / where, like, where, problems)
             if t is not None:
                 theta0[s] = t
         for c in crit_ids:
             for k in level_ids:
-                rel = f"seed_{s}/{c}/level_{k}"
-                ldir = root / rel
+                rel = f"seed_{s}/{dirs[c]}/level_{k}"
+                ldir = data / rel
                 missing = [f for f in files if not (ldir / f).is_file()]
                 if not ldir.is_dir():
                     problems.append(f"{rel}/: missing (the level never finished)")

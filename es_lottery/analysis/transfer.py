@@ -98,9 +98,7 @@ def transfer_tickets(
     tickets must fit the trainer's params (checked against ``trainer.init_params``'s shapes, which are
     traced, not drawn). ``callback(record)`` runs after each level.
     """
-    for method in ("init_params", "train"):
-        if not callable(getattr(trainer, method, None)):
-            raise TypeError(f"trainer must implement the Trainer protocol; it has no method {method!r}")
+    loop.check_trainer(trainer, "magnitude")
     if not isinstance(tickets, Mapping) or not tickets:
         raise ValueError("tickets must be a non-empty mapping level → (mask, theta0)")
     try:
@@ -112,22 +110,8 @@ def transfer_tickets(
     records = []
     for level, (mask, theta0) in checked.items():
         k_train, _ = loop.level_keys(key, level)
-        result = trainer.train(k_train, theta0, mask)
-        if not isinstance(result, loop.TrainResult):
-            raise TypeError(f"{name}.train must return a TrainResult, got {type(result).__name__}")
-        kept, total = masks_lib.count(mask, prunable)
-        record = loop.LevelRecord(
-            level=level,
-            density=int(kept) / total,
-            kept=int(kept),
-            total=int(total),
-            mask=mask,
-            metrics=jax.device_get(dict(result.metrics)),
-            eval_score=float(jax.device_get(result.eval_score)),
-            next_mask=None,
-            final_params=result.final_params if keep_params else None,
-            std_params=result.std_params if keep_params else None,
-            theta_start=theta0,
+        record = loop.train_record(
+            trainer, k_train, theta0, mask, level, name, keep_params=keep_params, prunable=prunable
         )
         records.append(record)
         if callback is not None:

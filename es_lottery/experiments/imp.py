@@ -1,12 +1,12 @@
-"""ES lottery-ticket experiments (Lange & Sprekeler 2023): YAML config → resumable run directory.
+"""ES lottery-ticket experiments (Lange & Sprekeler 2023): a YAML config → a resumable trunk in the run store.
 
-Config (``configs/imp/*.yaml``)::
+Config (``configs/imp/*.yaml``; every field in ``docs/configs.md``)::
 
     name: mnist_sep_cma
     dataset: mnist                 # any of tasks.classification.DATASETS
     dataset_args: {}               # loader arguments, e.g. {test_split_only: true, split_train: 8000}
     network: {name: paper_cnn}     # paper_cnn | mlp (sizes: [...]) | lenet_300_100; + weight_init, …
-    trainer:                       # type es: ESConfig fields + the ESTrainerConfig fields below
+    trainer:                       # type es: ESConfig fields + the ESTrainerConfig fields, side by side
       type: es
       algorithm: Sep_CMA_ES
       population_size: 128
@@ -14,76 +14,77 @@ Config (``configs/imp/*.yaml``)::
       num_generations: 4000
       eval_every: 100
       batch_size: 1024
-      checkpoint_every: 500        # mid-level orbax checkpoints (a multiple of eval_every)
-      use_best_mean: false
+      checkpoint_every: 500        # mid-level checkpoints (a multiple of eval_every)
     # trainer: {type: gd, epochs: 20, learning_rate: 3.0e-4, batch_size: 128}   (GDConfig fields)
+    # trainer: {type: ppo, total_env_steps: 163840, …}   (control only: gradient.ppo.PPOConfig fields)
     imp: {num_levels: 20, prune_rate: 0.2, scope: global}
     criteria: [magnitude, snr, random_reinit]
     baseline_mode: chain           # chain (default) | branch: how the baselines in criteria run, see below
     seeds: 5
     seed: 0
 
-``criteria`` mixes IMP criteria (``pruning.criteria.CRITERIA``: magnitude, snr, snr_sep_cma_compat, random,
-movement, magnitude_increase, smallest_initial) and ticket baselines (``pruning.baselines.BASELINES``:
-random_reinit, mask_reinit, permute_weights, permute_mask_and_weights). A baseline controls the
-``magnitude`` run of the same seed (or the first IMP criterion listed when magnitude is not: the "mask
-source") and trains with the same trainer. ``baseline_mode`` says how (rules and sources: the module doc of
-``pruning.baselines``):
+A control experiment has an ``env:`` section (``tasks.control.control_task_from_config``; the policy is
+``env.policy``) instead of ``dataset``/``network``. Trainers are looked up in :data:`TRAINERS` by
+``trainer.type``: a new kind (PPO) is one entry there — its config dataclass and how to build the trainer
+for a classification dataset or a control task.
+
+``criteria`` mixes IMP criteria (``pruning.criteria.CRITERIA``) and ticket baselines
+(``pruning.baselines.BASELINES``). A baseline controls the ``magnitude`` run of the same seed (or the first
+IMP criterion listed when magnitude is not: the "mask source") and trains with the same trainer.
+``baseline_mode`` says how (``pruning.baselines``' module doc):
 
 * ``chain`` (default; the original code's semantics, the paper's Fig. 2 / Fig. 8 curves): each baseline is
   its own IMP chain. Its level 0 IS the mask source's dense level 0 (files copied, not retrained; the row
-  says ``shared_from``); level k ≥ 1 transforms the chain's OWN ``next_mask`` of level k − 1 (pruned from
-  its own trained network by the mask source's criterion) and trains the control ticket;
-  ``baselines.run_baseline_chain``.
-* ``branch`` (the behaviour before the key existed): level k (0 included) transforms the mask source's
-  level-k mask once, a one-shot control of that IMP ticket; ``baselines.run_baseline``.
+  says ``shared_from``); level k ≥ 1 transforms the chain's OWN ``next_mask`` of level k − 1 and trains
+  the control ticket (``baselines.run_baseline_chain``).
+* ``branch``: level k (0 included) transforms the mask source's level-k mask once
+  (``baselines.run_baseline``).
 
-The resolved (hashed) config holds ``baseline_mode`` only when baselines are listed and the mode is not
-``branch``, so configs without baselines and ``branch`` configs keep their run-directory names.
+Keys. Seed s uses the run key ``fold_in(key(seed), s)``: θ₀ = ``trainer.init_params`` of its first half
+(``keys.split_run_key``), shared by every criterion of the seed; level k of an IMP criterion trains with
+``loop.level_keys(run_key, k)``; a baseline chain trains and scores level k with the same keys and
+transforms with ``baselines.chain_transform_key(run_key, k)``; a branch-mode baseline b uses
+``fold_in(run_key, BASELINE_KEY_OFFSET + index of b)``.
 
-Keys and randomness. Seed s uses the run key ``fold_in(key(seed), s)``: θ₀ = ``trainer.init_params`` of
-its first half (``loop.split_run_key``), shared by every criterion of the seed; level k of an IMP
-criterion trains with ``loop.level_keys(run_key, k)`` (so level 0 is the same dense run for every IMP
-criterion); a baseline chain trains and scores level k with the same ``loop.level_keys(run_key, k)`` and
-transforms with ``baselines.chain_transform_key(run_key, k)``, common to all baselines (as in the
-original); a branch-mode baseline b uses ``fold_in(run_key, BASELINE_KEY_OFFSET + index of b)`` and
-``baselines.run_baseline``'s per-level keys.
+The store. The TRUNK ``store/imp/<dataset or env>-<key>`` is keyed by what every level's result depends on
+and differs from its default: the data (or the env), the network, the trainer, the pruning rate and scope,
+the base seed — not the name, the seeds, ``num_levels`` (level k does not depend on how many follow: more
+levels continue a finished chain) nor the criteria. Inside it, the old run directory's layout::
 
-Run directory ``<out>/<name>-<hash>/`` (hash over the resolved config without ``seeds``, so adding seeds
-later reuses the finished ones)::
-
-    config.yaml  metrics.jsonl  summary.json  plots/performance_vs_density.png
-    seed_<s>/theta0.npz                       the unmasked θ₀ of the seed
-    seed_<s>/<criterion>/level_<k>/
+    seed_<s>/theta0.npz                       the unmasked θ₀ of the seed (shared by every branch)
+    seed_<s>/<branch>/branch.json             the branch: an IMP criterion, or a baseline named
+                                              <baseline> (chain mode, source magnitude) or
+                                              <baseline>-<key> (another mode or source)
+    seed_<s>/<branch>/level_<k>/
         mask.npz         the level's mask, prunable entries bit-packed (masks.pack) + kept/total
-        next_mask.npz    IMP criteria and baseline chains: the mask of level k+1 (what a resume starts
-                         from; a chain's is its pruned mask before the baseline's transform)
+        next_mask.npz    IMP criteria and baseline chains: the mask of level k+1 (what a resume starts from)
         theta0.npz       the level's start: θ₀ ⊙ m_k (baselines: their control init θ₀' ⊙ m')
         final_params.npz the trained params (ES: the final — or best — search mean)
         std.npz          ES: per-weight std of the search distribution (zeros at pruned entries)
+        task_state.npz   control: the observation statistics the policy was scored with
         curves.npz       eval / per-generation (ES) or per-epoch (GD) curves
         metrics.json     written LAST: its presence marks the level as finished
-        checkpoint/      ES: orbax checkpoints of the run state inside the level (removed when done)
+        checkpoint/      ES: the run state inside the level (state.npz; removed when done)
 
-Re-running a config into the same ``--out`` skips finished levels (the trainer is not called for them)
-and resumes an unfinished ES level from its latest checkpoint; the result is bitwise identical to an
-uninterrupted run. Arrays are stored with their params-tree path names (e.g. ``dense_0/kernel``).
+Re-running a config skips finished levels (the trainer is not called for them) and resumes an unfinished
+ES level from its checkpoint; the result is bitwise identical to an uninterrupted run. The view
+``<out>/<name>/`` (config, ``jobs.json`` with the trunk and branch directories, ``metrics.jsonl``,
+``summary.json``, ``plots/performance_vs_density.png``) is rebuilt after every run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -96,60 +97,50 @@ from rich.table import Table
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks, plots
-from es_lottery.experiments.rundir import RunDir, check_dataset, check_keys, load_yaml, to_jsonable
+from es_lottery.experiments import config as config_lib
+from es_lottery.experiments.common import (
+    DatasetName,
+    NetworkConfig,
+    View,
+    check_dataset_args,
+    check_name,
+    loaders,
+)
+from es_lottery.experiments.store import Job, dirname
+from es_lottery.gradient.ppo import PPOConfig, PPOTrainer
+from es_lottery.keys import split_run_key
 from es_lottery.pruning import baselines as baselines_lib
 from es_lottery.pruning import criteria as criteria_lib
 from es_lottery.pruning import loop
-from es_lottery.pruning.es_trainer import ESTrainer, ESTrainerConfig, OrbaxCheckpointer
+from es_lottery.pruning.es_trainer import ESTrainer, ESTrainerConfig, NpzCheckpointer
 from es_lottery.pruning.gd import GDConfig, GDTrainer
-from es_lottery.pruning.schedule import SCOPES, PruningSchedule
-from es_lottery.search import es
+from es_lottery.pruning.schedule import PruningSchedule
 from es_lottery.tasks import classification
+from es_lottery.treeio import (
+    atomic_write,
+    load_tree,
+    read_json,
+    save_arrays,
+    save_tree,
+    to_jsonable,
+    write_json,
+)
 
 PyTree = Any
 
-TOP_KEYS = (
-    "env",
-    "name",
-    "dataset",
-    "dataset_args",
-    "network",
-    "trainer",
-    "imp",
-    "criteria",
-    "seeds",
-    "seed",
-    "baseline_mode",
-)
-TRAINER_TYPES = ("es", "gd")
-ES_FIELDS = tuple(f.name for f in dataclasses.fields(es.ESConfig))
-ES_TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(ESTrainerConfig) if f.name != "es")
-GD_FIELDS = tuple(f.name for f in dataclasses.fields(GDConfig))
-NETWORK_KEYS = {
-    "mlp": ("sizes", "hidden_activation", "output_activation", "weight_init"),
-    "paper_cnn": ("weight_init", "num_classes"),
-    "lenet_300_100": ("weight_init",),
-}
-NETWORK_ALIASES = {"lenet": "lenet_300_100", "cnn": "paper_cnn"}
-DEFAULT_WEIGHT_INIT = "lecun_normal"  # flax's default: the "standard init" of the paper's code (zero biases)
-IMP_KEYS = ("num_levels", "prune_rate", "scope")
 IMP_CRITERIA = tuple(criteria_lib.CRITERIA)
 BASELINE_CRITERIA = tuple(baselines_lib.BASELINES)
 ALL_CRITERIA = IMP_CRITERIA + BASELINE_CRITERIA
 BASELINE_KEY_OFFSET = 1000
-BASELINE_MODES = ("chain", "branch")  # chain: the original's chains (default); branch: one-shot, as before
-LOADER_FNS = {
-    "moons": classification.moons,
-    "circles": classification.circles,
-    "blobs": classification.blobs,
-    "digits": classification.digits,
-    "xor": classification.xor,
-    **dict.fromkeys(classification.IMAGE_DATASETS, classification.image_dataset),
-}
+BASELINE_MODES = ("chain", "branch")  # chain: the original's chains (default); branch: one-shot
+DEFAULT_WEIGHT_INIT = "lecun_normal"  # flax's default: the "standard init" of the paper's code (zero biases)
+DEFAULT_MASK_SOURCE = "magnitude"
 
 __all__ = [
     "ALL_CRITERIA",
+    "TRAINERS",
     "IMPExperiment",
+    "TrainerKind",
     "collect_rows",
     "load_config",
     "parse_config",
@@ -159,31 +150,174 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------
+# trainers
+
+
+@dataclass(frozen=True)
+class TrainerKind:
+    """One ``trainer.type``: its config dataclass (the YAML section's fields), whether it has a search
+    distribution (the SNR criteria need one), and how to build the trainer for a classification dataset
+    (``classification(module, dataset, config)``) and for a control task (``control(task, config)``);
+    ``None`` where the kind does not apply."""
+
+    config: type
+    provides_std: bool
+    classification: Callable[[nn.Module, Any, Any], Any] | None
+    control: Callable[[Any, Any], Any] | None
+    segmented: bool = False  # trains a level in checkpointed segments (ESTrainer.checkpointing)
+
+
+#: ``trainer.type`` → :class:`TrainerKind`: ES (classification and control), GD (Adam, classification) and
+#: PPO (control: ``gradient.ppo.PPOTrainer``, the paper's gradient baseline for control tickets).
+TRAINERS: dict[str, TrainerKind] = {
+    "es": TrainerKind(ESTrainerConfig, True, ESTrainer.from_dataset, ESTrainer.from_task, segmented=True),
+    "gd": TrainerKind(GDConfig, False, GDTrainer.from_dataset, None),
+    "ppo": TrainerKind(PPOConfig, False, None, PPOTrainer.from_task),
+}
+
+
+class _TrainerConfigs(Mapping):
+    """``trainer.type`` → config dataclass, read from :data:`TRAINERS` when the config is loaded."""
+
+    def __getitem__(self, key):
+        return TRAINERS[key].config
+
+    def __iter__(self):
+        return iter(TRAINERS)
+
+    def __len__(self):
+        return len(TRAINERS)
+
+
+Criterion = Literal[ALL_CRITERIA]
+
+
+def _check_env(value: dict | None, path: str) -> dict | None:
+    """The ``env`` section: validated by building its task (every bad field in one line, nothing compiled)."""
+    if value is None:
+        return None
+    from es_lottery.tasks import control
+
+    try:
+        control.control_task_from_config(value)
+    except (ValueError, TypeError) as err:
+        msg = str(err)
+        raise config_lib.ConfigError("" if msg.startswith(path) else path, msg) from None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
 # config
 
 
 @dataclass(frozen=True)
 class IMPExperiment:
-    """A validated IMP experiment (see the module doc for the YAML form). Classification experiments have
+    """A validated IMP experiment (the module doc has the YAML form). Classification experiments have
     ``dataset`` and ``network``; control experiments have ``env`` (the policy is ``env.policy``)."""
 
-    name: str
-    dataset: str | None
-    network: dict | None
-    trainer: ESTrainerConfig | GDConfig
-    criteria: tuple[str, ...]
-    dataset_args: dict = field(default_factory=dict)
-    num_levels: int = 20
-    prune_rate: float = 0.2
-    scope: str = "global"
-    seeds: int = 5
-    seed: int = 0
-    baseline_mode: str = "chain"
-    env: dict | None = None
+    name: str = field(
+        metadata={"doc": "the experiment's view: <out>/<name>/", "check": check_name, "hashed": False}
+    )
+    dataset: DatasetName | None = field(default=None, metadata={"doc": "classification: the dataset"})
+    dataset_args: dict[str, Any] = field(
+        default_factory=dict, metadata={"doc": "arguments of the dataset loader"}
+    )
+    network: NetworkConfig | None = field(
+        default=None, metadata={"doc": "classification: the network (weight_init null: lecun_normal)"}
+    )
+    env: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "doc": "control: the env and policy (tasks.control.control_task_from_config)",
+            "check": _check_env,
+        },
+    )
+    trainer: Any = field(
+        default_factory=ESTrainerConfig,
+        metadata={"doc": "type: es | gd | ppo (+ its fields)", "tagged": ("type", _TrainerConfigs())},
+    )
+    imp: PruningSchedule = field(
+        default_factory=PruningSchedule, metadata={"doc": "the pruning schedule: (1 − prune_rate)^level"}
+    )
+    criteria: tuple[Criterion, ...] = field(default=(), metadata={"doc": "IMP criteria and ticket baselines"})
+    baseline_mode: Literal[BASELINE_MODES] = field(
+        default="chain", metadata={"doc": "chain: each baseline its own IMP chain; branch: one-shot controls"}
+    )
+    seeds: int = field(default=5, metadata={"doc": "seeds 0..seeds-1", "hashed": False})
+    seed: int = field(default=0, metadata={"doc": "base seed: seed s uses fold_in(key(seed), s)"})
+
+    def __post_init__(self):
+        if self.env is not None:
+            clash = [k for k, v in (("dataset", self.dataset), ("network", self.network)) if v is not None]
+            clash += ["dataset_args"] if self.dataset_args else []
+            if clash:
+                raise ValueError(
+                    f"{clash[0]} does not apply with env: a control experiment takes its policy network from "
+                    "env.policy (hidden sizes, activation, action mode)"
+                )
+            if self.trainer_kind.control is None:
+                raise ValueError(
+                    f"trainer.type: a control task (env) cannot train with type {self.trainer_type!r}"
+                )
+        else:
+            if self.dataset is None:
+                raise ValueError(
+                    f"dataset is required (one of {', '.join(classification.DATASETS)}), or an env section "
+                    "for a "
+                    "control task"
+                )
+            if self.network is None:
+                raise ValueError("network is required (name: one of mlp, paper_cnn, lenet_300_100)")
+            if "k" in self.network.sizes:
+                raise ValueError("network.sizes: 'k' (a class count) is for slt's class-count sweeps only")
+            check_dataset_args(self.dataset, self.dataset_args, "dataset_args")
+            try:
+                self.module()
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"network: {err}") from None
+            if self.trainer_kind.classification is None:
+                raise ValueError(
+                    f"trainer.type: {self.trainer_type!r} trains control tasks only (give an env)"
+                )
+        if not self.criteria:
+            raise ValueError(f"criteria is required: a non-empty list of {', '.join(ALL_CRITERIA)}")
+        dup = sorted({c for c in self.criteria if self.criteria.count(c) > 1})
+        if dup:
+            raise ValueError(f"criteria lists {', '.join(dup)} more than once")
+        if not self.imp_criteria:
+            raise ValueError(
+                f"criteria holds only baselines ({', '.join(self.criteria)}); they transform the masks of "
+                "an IMP "
+                f"criterion of the same run, so list one too (one of: {', '.join(IMP_CRITERIA)})"
+            )
+        for c in self.imp_criteria:
+            try:
+                criteria_lib.check_trainer_compatible(
+                    c, self.trainer_kind.provides_std, f"trainer type {self.trainer_type!r}"
+                )
+            except ValueError as err:
+                raise ValueError(f"criteria: {err}") from None
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be ≥ 1, got {self.seeds}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be ≥ 0, got {self.seed}")
+        if self.env is None:
+            shapes = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), self.module()))
+            try:
+                self.schedule.validate_for(shapes)
+            except ValueError as err:
+                raise ValueError(f"imp.num_levels: {err}") from None
+
+    def replace(self, **kw) -> IMPExperiment:
+        return dataclasses.replace(self, **kw)
 
     @property
     def trainer_type(self) -> str:
-        return "es" if isinstance(self.trainer, ESTrainerConfig) else "gd"
+        return next(t for t, k in TRAINERS.items() if isinstance(self.trainer, k.config))
+
+    @property
+    def trainer_kind(self) -> TrainerKind:
+        return TRAINERS[self.trainer_type]
 
     @property
     def score(self) -> str:
@@ -191,11 +325,21 @@ class IMPExperiment:
         ``test_<score>``."""
         return "accuracy" if self.env is None else "return"
 
-    def control_task(self):
-        """The control task of the ``env`` section (``tasks.control.ControlTask``)."""
-        from es_lottery.tasks import control
+    @property
+    def num_levels(self) -> int:
+        return self.imp.num_levels
 
-        return control.control_task_from_config(self.env)
+    @property
+    def prune_rate(self) -> float:
+        return self.imp.prune_rate
+
+    @property
+    def scope(self) -> str:
+        return self.imp.scope
+
+    @property
+    def schedule(self) -> PruningSchedule:
+        return self.imp
 
     @property
     def imp_criteria(self) -> tuple[str, ...]:
@@ -211,299 +355,85 @@ class IMPExperiment:
         imp = self.imp_criteria
         if not imp:
             return None
-        return "magnitude" if "magnitude" in imp else imp[0]
-
-    @property
-    def schedule(self) -> PruningSchedule:
-        return PruningSchedule(self.prune_rate, self.num_levels, self.scope)
+        return DEFAULT_MASK_SOURCE if DEFAULT_MASK_SOURCE in imp else imp[0]
 
     def imp_config(self, criterion: str) -> loop.IMPConfig:
         return loop.IMPConfig(self.num_levels, self.prune_rate, criterion, self.scope)
 
+    def resolved_network(self) -> NetworkConfig | None:
+        return None if self.network is None else self.network.resolved(DEFAULT_WEIGHT_INIT)
+
+    def control_task(self):
+        """The control task of the ``env`` section (``tasks.control.ControlTask``)."""
+        from es_lottery.tasks import control
+
+        return control.control_task_from_config(self.env)
+
     def module(self) -> nn.Module:
         if self.env is not None:
             return self.control_task().module
-        return build_module(self.network)
+        return self.resolved_network().module()
 
-    def trainer_dict(self) -> dict:
-        if isinstance(self.trainer, ESTrainerConfig):
-            # The run directory's name hashes this dict. ESConfig fields added after the first configs were
-            # hashed (``ESConfig.ADDED_FIELDS``) are left out while they hold the value that reproduces the
-            # behaviour from before they existed (their default as added) or do not apply to the algorithm
-            # (validation keeps them at their default then), so a new field renames no existing run
-            # directory, while a config that changes behaviour through one hashes differently.
-            cfg = self.trainer.es
-            d = {"type": "es"}
-            for k, v in dataclasses.asdict(cfg).items():
-                neutral, algorithms = cfg.ADDED_FIELDS.get(k, (None, None))
-                if algorithms is None or (cfg.algorithm in algorithms and v != neutral):
-                    d[k] = v
-            d.update({k: getattr(self.trainer, k) for k in ES_TRAINER_FIELDS})
-            return d
-        return {"type": "gd", **dataclasses.asdict(self.trainer)}
-
-    def resolved(self, with_seeds: bool = True) -> dict:
-        if self.env is None:
-            d = {
-                "name": self.name,
-                "dataset": self.dataset,
-                "dataset_args": dict(self.dataset_args),
-                "network": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.network.items()},
-            }
-        else:
-            d = {"name": self.name, "env": to_jsonable(self.env)}
-        d.update(
-            {
-                "trainer": self.trainer_dict(),
-                "imp": {"num_levels": self.num_levels, "prune_rate": self.prune_rate, "scope": self.scope},
-                "criteria": list(self.criteria),
-                "seed": self.seed,
-            }
-        )
-        d.update(_resolved_baseline_mode(self))
-        if with_seeds:
-            d["seeds"] = self.seeds
-        return d
+    def resolved(self) -> IMPExperiment:
+        """The same experiment with the network's ``weight_init`` filled in (what the view records)."""
+        return self if self.network is None else self.replace(network=self.resolved_network())
 
 
-def _fail(where: str, err: Exception) -> Exception:
-    return type(err)(f"{where}: {err}")
+parse_config, load_config = loaders(IMPExperiment, "imp")
 
 
-def _int_field(value, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"field '{where}' must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
+# ----------------------------------------------------------------------------------------------
+# the store
 
 
-def _parse_dataset(data: dict) -> tuple[str, dict]:
-    if "dataset" not in data:
-        raise ValueError(
-            f"imp config needs the field 'dataset' (one of: {', '.join(classification.DATASETS)})"
-        )
-    name = check_dataset(data["dataset"])
-    args = data.get("dataset_args") or {}
-    if not isinstance(args, dict):
-        raise ValueError(f"field 'dataset_args' must be a mapping, got {type(args).__name__}")
-    allowed = [p for p in inspect.signature(LOADER_FNS[name]).parameters if p != "name"]
-    check_keys(args, allowed, "dataset_args")
-    return name, dict(args)
-
-
-def _parse_network(spec) -> dict:
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(
-            f"field 'network' must be a mapping with 'name' (one of: {', '.join(networks.NETWORKS)}), "
-            f"got {spec!r}"
-        )
-    kind = spec["name"]
-    kind = NETWORK_ALIASES.get(kind, kind) if isinstance(kind, str) else kind
-    if not isinstance(kind, str) or kind not in NETWORK_KEYS:
-        raise ValueError(
-            f"unknown network {kind!r} in field 'network.name'; allowed: {', '.join(NETWORK_KEYS)} "
-            f"(aliases: {', '.join(f'{a} = {b}' for a, b in NETWORK_ALIASES.items())})"
-        )
-    check_keys(spec, ("name", *NETWORK_KEYS[kind]), "network")
-    out = {"name": kind, **{k: v for k, v in spec.items() if k != "name"}}
-    out.setdefault("weight_init", DEFAULT_WEIGHT_INIT)
-    if kind == "mlp":
-        sizes = out.get("sizes")
-        if not isinstance(sizes, (list, tuple)) or len(sizes) < 2:
-            raise ValueError(f"field 'network.sizes' must be a list of ≥ 2 layer sizes, got {sizes!r}")
-        out["sizes"] = [
-            int(s) if isinstance(s, (int, np.integer)) and not isinstance(s, bool) else s for s in sizes
-        ]
-    try:
-        module = build_module(out)
-    except (ValueError, TypeError) as err:
-        raise _fail("network", err) from None
-    return {**out, "sizes": list(module.sizes)} if kind == "mlp" else out
-
-
-def build_module(network: dict) -> nn.Module:
-    """The flax module of a resolved ``network`` mapping."""
-    kw = {k: (tuple(v) if k == "sizes" else v) for k, v in network.items() if k != "name"}
-    return networks.make_network(network["name"], **kw)
-
-
-def _parse_trainer(spec) -> ESTrainerConfig | GDConfig:
-    if spec is None:
-        spec = {}
-    if not isinstance(spec, dict):
-        raise ValueError(f"field 'trainer' must be a mapping, got {type(spec).__name__}")
-    kind = spec.get("type", "es")
-    if kind not in TRAINER_TYPES:
-        raise ValueError(f"unknown trainer type {kind!r} in field 'trainer.type'; allowed: es, gd")
-    body = {k: v for k, v in spec.items() if k != "type"}
-    if kind == "gd":
-        check_keys(body, ("type", *GD_FIELDS), "trainer")
-        try:
-            return GDConfig(**body)
-        except (ValueError, TypeError) as err:
-            raise _fail("trainer", err) from None
-    check_keys(body, ("type", *ES_FIELDS, *ES_TRAINER_FIELDS), "trainer")
-    es_kw = {k: v for k, v in body.items() if k in ES_FIELDS}
-    tr_kw = {k: v for k, v in body.items() if k in ES_TRAINER_FIELDS}
-    if "algorithm" in es_kw and es_kw["algorithm"] not in es.ALGORITHMS:
-        raise ValueError(
-            f"unknown ES algorithm {es_kw['algorithm']!r} in field 'trainer.algorithm'; "
-            f"allowed: {', '.join(es.ALGORITHMS)}"
-        )
-    float_fields = ("sigma_init", "lr", "lr_decay", "lr_limit", "mean_decay")
-    float_fields += ("elite_ratio", "temperature", "sigma_decay", "sigma_limit")
-    for k in float_fields:
-        if isinstance(es_kw.get(k), int) and not isinstance(es_kw.get(k), bool):
-            es_kw[k] = float(es_kw[k])  # YAML "1" and "1.0" must resolve (and hash) the same
-    try:
-        return ESTrainerConfig(es=es.ESConfig(**es_kw), **tr_kw)
-    except (ValueError, TypeError) as err:
-        raise _fail("trainer", err) from None
-
-
-def _parse_imp(spec) -> dict:
-    spec = {} if spec is None else spec
-    check_keys(spec, IMP_KEYS, "imp")
-    out = {"num_levels": 20, "prune_rate": 0.2, "scope": "global", **spec}
-    if out["scope"] not in SCOPES:
-        raise ValueError(f"unknown scope {out['scope']!r} in field 'imp.scope'; allowed: {', '.join(SCOPES)}")
-    try:
-        PruningSchedule(out["prune_rate"], out["num_levels"], out["scope"])
-    except (ValueError, TypeError) as err:
-        raise _fail("imp", err) from None
-    if isinstance(out["prune_rate"], int):
-        out["prune_rate"] = float(out["prune_rate"])
-    return out
-
-
-def _parse_criteria(spec, trainer) -> tuple[str, ...]:
-    if isinstance(spec, str):
-        spec = [spec]
-    if not isinstance(spec, (list, tuple)) or not spec:
-        raise ValueError(
-            f"field 'criteria' must be a non-empty list; allowed entries: {', '.join(ALL_CRITERIA)}"
-        )
-    for c in spec:
-        if c not in ALL_CRITERIA:
-            raise ValueError(
-                f"unknown criterion {c!r} in field 'criteria'; allowed: {', '.join(ALL_CRITERIA)}"
-            )
-    dup = sorted({c for c in spec if spec.count(c) > 1})
-    if dup:
-        raise ValueError(f"field 'criteria' lists {', '.join(dup)} more than once")
-    if not any(c in IMP_CRITERIA for c in spec):
-        raise ValueError(
-            f"field 'criteria' holds only baselines ({', '.join(spec)}); they transform the masks of an IMP "
-            f"criterion of the same run, so list one too (one of: {', '.join(IMP_CRITERIA)})"
-        )
-    provides_std = isinstance(trainer, ESTrainerConfig)
-    for c in spec:
-        if c in IMP_CRITERIA:
-            try:
-                criteria_lib.check_trainer_compatible(c, provides_std, "trainer type 'gd'")
-            except ValueError as err:
-                raise _fail("criteria", err) from None
-    return tuple(spec)
-
-
-def _parse_baseline_mode(data: dict) -> str:
-    """The top-level ``baseline_mode`` key: ``chain`` (default) or ``branch`` (see ``_run_baseline``)."""
-    mode = data.get("baseline_mode", "chain")
-    if not isinstance(mode, str) or mode not in BASELINE_MODES:
-        raise ValueError(f"unknown baseline mode {mode!r} in field 'baseline_mode'; allowed: chain, branch")
-    return mode
-
-
-def _resolved_baseline_mode(exp: IMPExperiment) -> dict:
-    """``baseline_mode`` in the resolved (hashed) config only where it changes behaviour from before the key
-    existed: with baselines listed and a mode other than ``branch``. Configs without baselines, and
-    ``branch`` ones, keep their run-directory names; the ``chain`` default renames configs with baselines
-    (their numbers differ from those of the one-shot branches)."""
-    if exp.baseline_criteria and exp.baseline_mode != "branch":
-        return {"baseline_mode": exp.baseline_mode}
-    return {}
-
-
-def parse_config(data: dict, seeds: int | None = None) -> IMPExperiment:
-    """Validate a config mapping. Every error names its field (and the allowed values); nothing is
-    compiled and no data is loaded."""
-    if not isinstance(data, dict):
-        raise ValueError("an imp config must be a mapping")
-    check_keys(data, TOP_KEYS, "imp config")
-    name = data.get("name")
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise ValueError(f"field 'name' must be a non-empty string usable as a directory name, got {name!r}")
-    env = None
-    if "env" in data:
-        env = _parse_env(data)
-        dataset, dataset_args, network = None, {}, None
+def trunk(exp: IMPExperiment, out: str | Path) -> Job:
+    """The trunk of ``exp`` in ``out``'s store (see the module doc for what keys it)."""
+    nd = config_lib.nondefault(exp.resolved())
+    if exp.env is not None:
+        fields: dict[str, Any] = {"env": to_jsonable(exp.env)}
+        stem = str(exp.env.get("name", "env"))
     else:
-        dataset, dataset_args = _parse_dataset(data)
-        if "network" not in data:
-            raise ValueError(
-                f"imp config needs the field 'network' (name: one of {', '.join(NETWORK_KEYS)}), or an 'env' "
-                "section for a control task"
-            )
-        network = _parse_network(data["network"])
-    trainer = _parse_trainer(data.get("trainer"))
-    if env is not None and not isinstance(trainer, ESTrainerConfig):
-        raise ValueError(
-            "field 'trainer.type': a control task ('env') trains with type es (gd is classification's Adam)"
-        )
-    imp = _parse_imp(data.get("imp"))
-    if "criteria" not in data:
-        raise ValueError(f"imp config needs the field 'criteria' (a list of: {', '.join(ALL_CRITERIA)})")
-    crit = _parse_criteria(data["criteria"], trainer)
-    n_seeds = _int_field(seeds if seeds is not None else data.get("seeds", 5), "seeds", 1)
-    seed = _int_field(data.get("seed", 0), "seed", 0)
-    exp = IMPExperiment(
-        name=name,
-        dataset=dataset,
-        dataset_args=dataset_args,
-        network=network,
-        trainer=trainer,
-        criteria=crit,
-        num_levels=int(imp["num_levels"]),
-        prune_rate=imp["prune_rate"],
-        scope=imp["scope"],
-        seeds=n_seeds,
-        seed=seed,
-        baseline_mode=_parse_baseline_mode(data),
-        env=env,
-    )
-    shapes = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), exp.module()))
-    try:
-        exp.schedule.validate_for(shapes)
-    except ValueError as err:
-        raise _fail("imp.num_levels", err) from None
-    return exp
+        fields = {"dataset": exp.dataset, "network": config_lib.nondefault(exp.resolved_network())}
+        fields.update({k: nd[k] for k in ("dataset_args",) if k in nd})
+        stem = exp.dataset
+    fields["trainer"] = nd["trainer"]
+    schedule = {k: v for k, v in nd.get("imp", {}).items() if k != "num_levels"}
+    if schedule:
+        fields["imp"] = schedule
+    if "seed" in nd:
+        fields["seed"] = nd["seed"]
+    return Job.open(out, "imp", stem.replace("/", "_"), fields)
 
 
-def _parse_env(data: dict) -> dict:
-    """The ``env`` section of a control experiment: validated by building its task (every bad field named
-    in one line, nothing compiled)."""
-    from es_lottery.tasks import control
-
-    clash = [k for k in ("dataset", "dataset_args", "network") if k in data]
-    if clash:
-        raise ValueError(
-            f"field '{clash[0]}' does not apply with 'env': a control experiment takes its policy network "
-            "from env.policy (hidden sizes, activation, action mode)"
-        )
-    spec = data["env"]
-    try:
-        control.control_task_from_config(spec)
-    except (ValueError, TypeError) as err:
-        msg = str(err)
-        raise ValueError(msg if msg.startswith("env") else f"env: {msg}") from None
-    return dict(spec)
+def branch_fields(exp: IMPExperiment, name: str) -> dict:
+    """What keys a branch besides its name: a baseline's mode and mask source where they are not the
+    defaults (chain, magnitude); nothing for an IMP criterion."""
+    if name in IMP_CRITERIA:
+        return {}
+    fields = {}
+    if exp.baseline_mode != "chain":
+        fields["baseline_mode"] = exp.baseline_mode
+    if exp.mask_source != DEFAULT_MASK_SOURCE:
+        fields["mask_source"] = exp.mask_source
+    return fields
 
 
-def load_config(path: str | Path, seeds: int | None = None) -> IMPExperiment:
-    return parse_config(load_yaml(path), seeds)
+def branch_dirs(exp: IMPExperiment) -> dict[str, str]:
+    """Criterion → its directory name under ``seed_<s>/``."""
+    return {c: dirname(c, branch_fields(exp, c)) for c in exp.criteria}
+
+
+def data_dir(exp: IMPExperiment, out: str | Path) -> Path:
+    """The trunk directory of ``exp`` in ``out`` (``seed_<s>/…`` below it)."""
+    return trunk(exp, out).path
 
 
 # ----------------------------------------------------------------------------------------------
 # data and trainer (before anything compiles)
+
+
+def _fail(where: str, err: Exception) -> Exception:
+    return type(err)(f"{where}: {err}")
 
 
 def load_data(exp: IMPExperiment) -> classification.Dataset:
@@ -525,7 +455,7 @@ def check_fit(exp: IMPExperiment, module: nn.Module, data: classification.Datase
     ok = x_shape == want or (flat and int(np.prod(x_shape)) == int(np.prod(want)))
     if not ok:
         raise ValueError(
-            f"field 'network': {exp.network['name']} takes inputs of shape {want}, but dataset "
+            f"network: {exp.network.name} takes inputs of shape {want}, but dataset "
             f"{exp.dataset!r} has inputs of shape {x_shape}"
         )
     shapes = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
@@ -533,62 +463,24 @@ def check_fit(exp: IMPExperiment, module: nn.Module, data: classification.Datase
     n_out = jax.eval_shape(lambda p, x: networks.apply(module, p, x), shapes, xb).shape[-1]
     if n_out < data.num_classes:
         raise ValueError(
-            f"field 'network': the network has {n_out} outputs but dataset {exp.dataset!r} has "
+            f"network: the network has {n_out} outputs but dataset {exp.dataset!r} has "
             f"{data.num_classes} classes"
         )
 
 
 def make_trainer(exp: IMPExperiment, module: nn.Module, data: classification.Dataset):
-    if isinstance(exp.trainer, ESTrainerConfig):
-        return ESTrainer.from_dataset(module, data, exp.trainer)
-    return GDTrainer.from_dataset(module, data, exp.trainer)
+    """The trainer of a classification experiment (``TRAINERS[trainer.type].classification``)."""
+    return exp.trainer_kind.classification(module, data, exp.trainer)
 
 
 # ----------------------------------------------------------------------------------------------
-# files
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open(mode) as fh:
-        write(fh)
-    os.replace(tmp, path)
-
-
-def _tree_arrays(tree: PyTree) -> dict[str, np.ndarray]:
-    return {
-        masks_lib.path_name(p): np.asarray(jax.device_get(x))
-        for p, x in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
-def save_tree(path: Path, tree: PyTree) -> None:
-    """A params-like tree as ``.npz`` keyed by path names (``dense_0/kernel``)."""
-    arrays = _tree_arrays(tree)
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
-
-
-def load_tree(path: Path, like: PyTree) -> PyTree:
-    """Inverse of :func:`save_tree` for a tree shaped like ``like``."""
-    with np.load(path) as data:
-        leaves = []
-        for p, x in jax.tree_util.tree_leaves_with_path(like):
-            name = masks_lib.path_name(p)
-            if name not in data.files:
-                raise ValueError(f"{path} lacks the array {name!r}")
-            arr = data[name]
-            if arr.shape != tuple(np.shape(x)):
-                raise ValueError(f"{path}: {name!r} has shape {arr.shape}, expected {np.shape(x)}")
-            leaves.append(jnp.asarray(arr))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
+# files of a level
 
 
 def save_mask(path: Path, mask: PyTree) -> None:
     kept, total = masks_lib.count(mask)
     packed = np.asarray(masks_lib.pack(mask))
-    _atomic_write(
-        path, lambda fh: np.savez(fh, packed=packed, kept=np.int64(int(kept)), total=np.int64(int(total)))
-    )
+    save_arrays(path, {"packed": packed, "kept": np.int64(int(kept)), "total": np.int64(int(total))})
 
 
 def load_mask(path: Path, like: PyTree) -> PyTree:
@@ -636,8 +528,7 @@ def write_level(
         save_tree(ldir / "std.npz", record.std_params)
     if record.task_state is not None:  # control: the observation statistics the policy was scored with
         save_tree(ldir / "task_state.npz", record.task_state)
-    curves = _flat_curves(record.metrics)
-    _atomic_write(ldir / "curves.npz", lambda fh: np.savez(fh, **curves))
+    save_arrays(ldir / "curves.npz", _flat_curves(record.metrics))
     layer = {k: float(v) for k, v in masks_lib.layer_density(record.mask).items()}
     row = {
         **meta,
@@ -649,16 +540,21 @@ def write_level(
         **{k: v for k, v in _scalars(record.metrics).items() if k != f"test_{score}"},
         "layer_density": layer,
     }
-    text = json.dumps(to_jsonable(row), indent=2) + "\n"
-    _atomic_write(ldir / "metrics.json", lambda fh: fh.write(text), mode="w")
+    write_json(ldir / "metrics.json", row)
     shutil.rmtree(ldir / "checkpoint", ignore_errors=True)
     return row
 
 
-def collect_rows(path: Path) -> list[dict]:
-    """Every finished level's ``metrics.json`` under a run directory, sorted by seed, criterion, level."""
+def collect_rows(root: Path, branches: Mapping[str, str] | None = None) -> list[dict]:
+    """Every finished level's ``metrics.json`` under a trunk (or an old run directory), sorted by seed,
+    criterion, level; ``branches`` (criterion → directory name) limits it to those branches."""
+    root = Path(root)
+    if branches is None:
+        files = root.glob("seed_*/*/level_*/metrics.json")
+    else:
+        files = (f for d in branches.values() for f in root.glob(f"seed_*/{d}/level_*/metrics.json"))
     rows = []
-    for f in Path(path).glob("seed_*/*/level_*/metrics.json"):
+    for f in files:
         try:
             rows.append(json.loads(f.read_text()))
         except json.JSONDecodeError:
@@ -675,26 +571,28 @@ class _Ctx:
     exp: IMPExperiment
     trainer: Any
     root: Path
-    rundir: RunDir
+    dirs: dict[str, str]
     console: Console
     progress: Progress
     on_segment: Callable[[dict], Any] | None
 
+    def chain(self, seed: int, name: str) -> Path:
+        return self.root / f"seed_{seed}" / self.dirs[name]
+
 
 def _level_context(ctx: _Ctx, ldir: Path, hook: Callable[[dict], Any]):
     if isinstance(ctx.trainer, ESTrainer):
-        return ctx.trainer.checkpointing(OrbaxCheckpointer(ldir / "checkpoint"), hook)
+        return ctx.trainer.checkpointing(NpzCheckpointer(ldir / "checkpoint"), hook)
     return contextlib.nullcontext()
 
 
 def _units(ctx: _Ctx) -> int:
-    """Progress units per level (generations for ES, 1 for GD)."""
+    """Progress units per level (generations for ES, 1 otherwise)."""
     return ctx.trainer.config.num_generations if isinstance(ctx.trainer, ESTrainer) else 1
 
 
 def _make_hook(ctx: _Ctx, task, seed: int, criterion: str, level: int):
     units = _units(ctx)
-
     score = ctx.exp.score
 
     def hook(info: dict) -> None:
@@ -718,21 +616,26 @@ def _make_hook(ctx: _Ctx, task, seed: int, criterion: str, level: int):
 
 def _finish_level(ctx: _Ctx, ldir: Path, record, theta_start, meta: dict, t0: float, task) -> None:
     row = write_level(ldir, record, theta_start, {**meta, "seconds": time.time() - t0}, ctx.exp.score)
-    ctx.rundir.append("metrics.jsonl", [row])
     ctx.progress.update(task, completed=(record.level + 1) * _units(ctx))
     ctx.console.print(
         f"  seed {meta['seed']} {escape(meta['criterion'])} level {record.level}: "
         f"{record.kept}/{record.total} prunable ({record.kept / record.total:.2%}), "
         f"test {ctx.exp.score} {record.eval_score:.4f} ({row['seconds']:.1f} s)"
     )
+    if ctx.exp.trainer_kind.segmented:
+        # An ES level compiles its own programs (the search space is the level's surviving weights), which
+        # no later level reuses; XLA:CPU keeps every executable mapped, and a long run exhausts the
+        # process's memory maps (vm.max_map_count: "LLVM compilation error: Cannot allocate memory" after
+        # ≈ 70 levels). GD and PPO take the mask as data and reuse one program: their cache is kept.
+        jax.clear_caches()
 
 
 def _theta0(ctx: _Ctx, seed: int, run_key) -> PyTree:
-    k_init, _ = loop.split_run_key(run_key)
+    k_init, _ = split_run_key(run_key)
     theta0 = ctx.trainer.init_params(k_init)
     path = ctx.root / f"seed_{seed}" / "theta0.npz"
     if path.exists():
-        stored = load_tree(path, theta0)
+        stored, _ = load_tree(path, theta0)
         same = all(
             np.array_equal(np.asarray(a), np.asarray(b))
             for a, b in zip(jax.tree_util.tree_leaves(stored), jax.tree_util.tree_leaves(theta0), strict=True)
@@ -743,9 +646,43 @@ def _theta0(ctx: _Ctx, seed: int, run_key) -> PyTree:
                 "use another --out directory"
             )
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
         save_tree(path, theta0)
     return theta0
+
+
+def _open_branch(ctx: _Ctx, seed: int, name: str) -> Path:
+    cdir = ctx.chain(seed, name)
+    if not (cdir / "branch.json").exists():
+        write_json(cdir / "branch.json", {"criterion": name, "fields": branch_fields(ctx.exp, name)})
+    return cdir
+
+
+def _first_unfinished(cdir: Path, n: int) -> int:
+    start = 0
+    while start < n and level_done(cdir / f"level_{start}"):
+        start += 1
+    return start
+
+
+def _start_mask(ctx: _Ctx, cdir: Path, level: int, run_key, config: loop.IMPConfig, theta0) -> PyTree:
+    """The mask a chain continues with at ``level``: ``next_mask.npz`` of level − 1, or — when that level was
+    the last of a shorter run (``num_levels`` grew) — the same mask computed again from its saved files
+    (``loop.next_mask`` with the level's score key, exactly as an uninterrupted run computes it), then
+    saved."""
+    prev = cdir / f"level_{level - 1}"
+    if (prev / "next_mask.npz").is_file():
+        return load_mask(prev / "next_mask.npz", theta0)
+    mask = load_mask(prev / "mask.npz", theta0)
+    start, _ = load_tree(prev / "theta0.npz", theta0)
+    final, _ = load_tree(prev / "final_params.npz", theta0)
+    std = load_tree(prev / "std.npz", theta0)[0] if (prev / "std.npz").is_file() else None
+    _, k_score = loop.level_keys(run_key, level - 1)
+    result = loop.TrainResult(final_params=final, std_params=std)
+    nxt = loop.next_mask(
+        config, level - 1, result, masks_lib.apply(start, mask), mask, k_score, None, ctx.trainer.name
+    )
+    save_mask(prev / "next_mask.npz", nxt)
+    return nxt
 
 
 def _skipped(ctx: _Ctx, seed, criterion, done: list[int]) -> None:
@@ -770,96 +707,82 @@ def _ranges(levels: list[int]) -> str:
     return ", ".join(out)
 
 
+def _meta(ctx: _Ctx, seed: int, name: str, kind: str, source: str) -> dict:
+    meta = {"seed": seed, "criterion": name, "kind": kind, "mask_source": source, "trainer": ctx.trainer.name}
+    if kind == "baseline" and ctx.exp.baseline_mode == "chain":
+        meta["baseline_mode"] = "chain"
+    return meta
+
+
+@contextlib.contextmanager
+def _bar(ctx: _Ctx, seed: int, name: str, done: int) -> Iterator[Any]:
+    n = ctx.exp.num_levels
+    task = ctx.progress.add_task(f"seed {seed} {name}", total=n * _units(ctx), completed=done * _units(ctx))
+    try:
+        yield task
+    finally:
+        ctx.progress.remove_task(task)
+
+
 def _run_imp(ctx: _Ctx, seed: int, criterion: str, run_key, theta0) -> None:
     exp = ctx.exp
-    cdir = ctx.root / f"seed_{seed}" / criterion
-    cfg = exp.imp_config(criterion)
+    cdir = _open_branch(ctx, seed, criterion)
     n = exp.num_levels
-    start = 0
-    while start < n and level_done(cdir / f"level_{start}"):
-        start += 1
-    task = ctx.progress.add_task(
-        f"seed {seed} {criterion}", total=n * _units(ctx), completed=start * _units(ctx)
-    )
+    start = _first_unfinished(cdir, n)
     _skipped(ctx, seed, criterion, list(range(start)))
     if start == n:
-        ctx.progress.remove_task(task)
         return
-    mask = None if start == 0 else load_mask(cdir / f"level_{start - 1}" / "next_mask.npz", theta0)
-    meta = {
-        "seed": seed,
-        "criterion": criterion,
-        "kind": "imp",
-        "mask_source": criterion,
-        "trainer": ctx.trainer.name,
-    }
-    for level in range(start, n):
-        ldir = cdir / f"level_{level}"
-        t0 = time.time()
-        with _level_context(ctx, ldir, _make_hook(ctx, task, seed, criterion, level)):
-            result = loop.run(
-                run_key,
-                ctx.trainer,
-                cfg,
-                theta0=theta0,
-                start_level=level,
-                start_mask=mask,
-                end_level=level + 1,
-            )
-        record = result.records[0]
-        meta_l = {**meta, "target_density": exp.schedule.density(level)}
-        _finish_level(ctx, ldir, record, masks_lib.apply(theta0, record.mask), meta_l, t0, task)
-        mask = record.next_mask
-    ctx.progress.remove_task(task)
-
-
-def _run_baseline(ctx: _Ctx, seed: int, name: str, run_key, theta0) -> None:
-    """Baseline ``name`` of one seed, as ``exp.baseline_mode`` says: ``chain`` (default; the original's
-    semantics, ``baselines.run_baseline_chain``) or ``branch`` (one-shot branches off the IMP masks)."""
-    if ctx.exp.baseline_mode == "chain":
-        _run_baseline_chain(ctx, seed, name, run_key, theta0)
-    else:
-        _run_baseline_branch(ctx, seed, name, run_key, theta0)
+    mask = None if start == 0 else _start_mask(ctx, cdir, start, run_key, exp.imp_config(criterion), theta0)
+    meta = _meta(ctx, seed, criterion, "imp", criterion)
+    with _bar(ctx, seed, criterion, start) as task:
+        for level in range(start, n):
+            ldir = cdir / f"level_{level}"
+            t0 = time.time()
+            with _level_context(ctx, ldir, _make_hook(ctx, task, seed, criterion, level)):
+                result = loop.run(
+                    run_key,
+                    ctx.trainer,
+                    exp.imp_config(criterion),
+                    theta0=theta0,
+                    start_level=level,
+                    start_mask=mask,
+                    end_level=level + 1,
+                )
+            record = result.records[0]
+            meta_l = {**meta, "target_density": exp.schedule.density(level)}
+            _finish_level(ctx, ldir, record, masks_lib.apply(theta0, record.mask), meta_l, t0, task)
+            mask = record.next_mask
 
 
 def _run_baseline_branch(ctx: _Ctx, seed: int, name: str, run_key, theta0) -> None:
     """``baseline_mode: branch``: level k transforms the mask-source chain's level-k mask (level 0
     included), keys from ``fold_in(run_key, BASELINE_KEY_OFFSET + index of name)``."""
     exp = ctx.exp
-    sdir = ctx.root / f"seed_{seed}"
     source = exp.mask_source
+    cdir = _open_branch(ctx, seed, name)
     key = jax.random.fold_in(run_key, BASELINE_KEY_OFFSET + BASELINE_CRITERIA.index(name))
     n = exp.num_levels
-    done = [k for k in range(n) if level_done(sdir / name / f"level_{k}")]
-    task = ctx.progress.add_task(
-        f"seed {seed} {name}", total=n * _units(ctx), completed=len(done) * _units(ctx)
-    )
+    done = [k for k in range(n) if level_done(cdir / f"level_{k}")]
     _skipped(ctx, seed, name, done)
-    meta = {
-        "seed": seed,
-        "criterion": name,
-        "kind": "baseline",
-        "mask_source": source,
-        "trainer": ctx.trainer.name,
-    }
-    for level in range(n):
-        ldir = sdir / name / f"level_{level}"
-        if level in done:
-            continue
-        src = sdir / source / f"level_{level}" / "mask.npz"
-        if not src.is_file():
-            raise FileNotFoundError(
-                f"baseline {name!r} needs the {source!r} mask of level {level}: {src} is missing"
-            )
-        mask = load_mask(src, theta0)
-        t0 = time.time()
-        with _level_context(ctx, ldir, _make_hook(ctx, task, seed, name, level)):
-            (record,) = baselines_lib.run_baseline(
-                key, ctx.trainer, name, theta0, {level: mask}, levels=[level]
-            )
-        meta_l = {**meta, "target_density": exp.schedule.density(level)}
-        _finish_level(ctx, ldir, record, record.theta_start, meta_l, t0, task)
-    ctx.progress.remove_task(task)
+    meta = _meta(ctx, seed, name, "baseline", source)
+    with _bar(ctx, seed, name, len(done)) as task:
+        for level in range(n):
+            ldir = cdir / f"level_{level}"
+            if level in done:
+                continue
+            src = ctx.chain(seed, source) / f"level_{level}" / "mask.npz"
+            if not src.is_file():
+                raise FileNotFoundError(
+                    f"baseline {name!r} needs the {source!r} mask of level {level}: {src} is missing"
+                )
+            mask = load_mask(src, theta0)
+            t0 = time.time()
+            with _level_context(ctx, ldir, _make_hook(ctx, task, seed, name, level)):
+                (record,) = baselines_lib.run_baseline(
+                    key, ctx.trainer, name, theta0, {level: mask}, levels=[level]
+                )
+            meta_l = {**meta, "target_density": exp.schedule.density(level)}
+            _finish_level(ctx, ldir, record, record.theta_start, meta_l, t0, task)
 
 
 def _share_level0(ctx: _Ctx, src: Path, dst: Path, meta: dict) -> None:
@@ -870,16 +793,14 @@ def _share_level0(ctx: _Ctx, src: Path, dst: Path, meta: dict) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
         if f.is_file() and f.name != "metrics.json" and not f.name.startswith("."):
-            _atomic_write(dst / f.name, lambda fh, f=f: fh.write(f.read_bytes()))
+            atomic_write(dst / f.name, lambda fh, f=f: fh.write(f.read_bytes()))
     row = {
-        **json.loads((src / "metrics.json").read_text()),
+        **read_json(src / "metrics.json"),
         **meta,
         "shared_from": f"{src.parent.name}/{src.name}",
         "seconds": 0.0,
     }
-    text = json.dumps(to_jsonable(row), indent=2) + "\n"
-    _atomic_write(dst / "metrics.json", lambda fh: fh.write(text), mode="w")
-    ctx.rundir.append("metrics.jsonl", [row])
+    write_json(dst / "metrics.json", row)
     ctx.console.print(
         f"  seed {meta['seed']} {escape(meta['criterion'])} level 0: the dense run of "
         f"{escape(meta['mask_source'])}, shared, test {ctx.exp.score} {row[f'test_{ctx.exp.score}']:.4f}"
@@ -891,47 +812,36 @@ def _run_baseline_chain(ctx: _Ctx, seed: int, name: str, run_key, theta0) -> Non
     Level 0 is the mask-source chain's level 0; level k ≥ 1 transforms the chain's OWN ``next_mask`` of
     level k − 1 and trains with the IMP chain's level keys. Resumes from the chain's last finished level."""
     exp = ctx.exp
-    sdir = ctx.root / f"seed_{seed}"
-    cdir = sdir / name
     source = exp.mask_source
-    cfg = exp.imp_config(source)
+    cdir = _open_branch(ctx, seed, name)
     n = exp.num_levels
-    start = 0
-    while start < n and level_done(cdir / f"level_{start}"):
-        start += 1
-    task = ctx.progress.add_task(f"seed {seed} {name}", total=n * _units(ctx), completed=start * _units(ctx))
+    start = _first_unfinished(cdir, n)
     _skipped(ctx, seed, name, list(range(start)))
-    meta = {
-        "seed": seed,
-        "criterion": name,
-        "kind": "baseline",
-        "mask_source": source,
-        "trainer": ctx.trainer.name,
-        "baseline_mode": "chain",
-    }
-    if start == 0:
-        meta_0 = {**meta, "target_density": exp.schedule.density(0)}
-        _share_level0(ctx, sdir / source / "level_0", cdir / "level_0", meta_0)
-        ctx.progress.update(task, completed=_units(ctx))
-        start = 1
-    for level in range(start, n):
-        ldir = cdir / f"level_{level}"
-        mask = load_mask(cdir / f"level_{level - 1}" / "next_mask.npz", theta0)
-        t0 = time.time()
-        with _level_context(ctx, ldir, _make_hook(ctx, task, seed, name, level)):
-            (record,) = baselines_lib.run_baseline_chain(
-                run_key,
-                ctx.trainer,
-                name,
-                cfg,
-                theta0,
-                start_level=level,
-                start_mask=mask,
-                end_level=level + 1,
-            )
-        meta_l = {**meta, "target_density": exp.schedule.density(level)}
-        _finish_level(ctx, ldir, record, record.theta_start, meta_l, t0, task)
-    ctx.progress.remove_task(task)
+    meta = _meta(ctx, seed, name, "baseline", source)
+    with _bar(ctx, seed, name, start) as task:
+        if start == 0:
+            meta_0 = {**meta, "target_density": exp.schedule.density(0)}
+            _share_level0(ctx, ctx.chain(seed, source) / "level_0", cdir / "level_0", meta_0)
+            ctx.progress.update(task, completed=_units(ctx))
+            start = 1
+        chain = baselines_lib.chain_config(name, exp.imp_config(source))
+        for level in range(start, n):
+            ldir = cdir / f"level_{level}"
+            mask = _start_mask(ctx, cdir, level, run_key, chain, theta0)
+            t0 = time.time()
+            with _level_context(ctx, ldir, _make_hook(ctx, task, seed, name, level)):
+                (record,) = baselines_lib.run_baseline_chain(
+                    run_key,
+                    ctx.trainer,
+                    name,
+                    exp.imp_config(source),
+                    theta0,
+                    start_level=level,
+                    start_mask=mask,
+                    end_level=level + 1,
+                )
+            meta_l = {**meta, "target_density": exp.schedule.density(level)}
+            _finish_level(ctx, ldir, record, record.theta_start, meta_l, t0, task)
 
 
 def summarise(rows: list[dict], score: str = "accuracy") -> dict:
@@ -987,21 +897,36 @@ def summary_table(summary: dict, title: str, criteria: tuple[str, ...], score: s
     return table
 
 
+def rows_of(exp: IMPExperiment, out: str | Path) -> list[dict]:
+    """The finished levels of ``exp``'s seeds and criteria in ``out``'s store (sorted by seed, criterion,
+    level; levels ≥ num_levels left out)."""
+    dirs = branch_dirs(exp)
+    return [
+        r
+        for r in collect_rows(data_dir(exp, out), dirs)
+        if r["seed"] < exp.seeds and r["criterion"] in exp.criteria and r["level"] < exp.num_levels
+    ]
+
+
 def run_experiment(
     exp: IMPExperiment,
     out: str | Path = "runs",
     console: Console | None = None,
     on_segment: Callable[[dict], Any] | None = None,
 ) -> Path:
-    """Run (or resume) every seed × criterion × level of ``exp``; returns the run directory.
+    """Run (or resume) every seed × criterion × level of ``exp`` in ``out``'s store, rebuild the view
+    ``<out>/<name>/`` and return its path.
 
     ``on_segment(info)`` is called after every ES training segment (and its checkpoint), with ``seed``,
     ``criterion``, ``level``, ``generation``, ``num_generations`` and the latest ``eval`` row.
     """
+    from es_lottery.experiments import legacy_runs
+
     console = console or Console()
+    legacy_runs.migrate_matching(out, exp.name, "imp", console)
     if exp.env is not None:
         task = exp.control_task()
-        trainer = ESTrainer.from_task(task, exp.trainer)
+        trainer = exp.trainer_kind.control(task, exp.trainer)
         data_line = (
             f"{task.env.name} ({task.env.backend or 'gymnax'}), policy {list(task.module.sizes)}, "
             f"{task.train_rollouts} rollouts × {task.episode_length} steps"
@@ -1012,60 +937,75 @@ def run_experiment(
         module = exp.module()
         check_fit(exp, module, data)
         trainer = make_trainer(exp, module, data)
-        data_line = f"{exp.dataset} ({len(data.x_train)}/{len(data.x_test)}), {exp.network['name']}"
+        data_line = f"{exp.dataset} ({len(data.x_train)}/{len(data.x_test)}), {exp.network.name}"
         data_info = {
             "train": len(data.x_train),
             "test": len(data.x_test),
-            **{k: v for k, v in data.info.items() if isinstance(v, (str, int, float, bool))},
+            **{k: v for k, v in data.info.items() if isinstance(v, str | int | float | bool)},
         }
-    if (
-        exp.env is None
-        and exp.dataset in classification.IMAGE_DATASETS
-        and data.info.get("test_split_only")
-        and not exp.dataset_args.get("test_split_only")
-    ):
-        console.print(
-            f"[yellow]warning:[/] only the t10k files of {exp.dataset!r} were found: training on "
-            f"{len(data.x_train)} and testing on {len(data.x_test)} images of the official TEST set"
-        )
-    rundir = RunDir(out, exp.name, exp.resolved(with_seeds=False))
-    root = rundir.path
+        if (
+            exp.dataset in classification.IMAGE_DATASETS
+            and data.info.get("test_split_only")
+            and not exp.dataset_args.get("test_split_only")
+        ):
+            console.print(
+                f"[yellow]warning:[/] only the t10k files of {exp.dataset!r} were found: training on "
+                f"{len(data.x_train)} and testing on {len(data.x_test)} images of the official TEST set"
+            )
+    job = trunk(exp, out).ensure()
+    write_json(job.path / "data.json", data_info)
+    view = View(out, exp.name)
     console.print(
-        f"[bold]imp[/] {exp.name}: {data_line}, {trainer.name}, "
+        f"[bold]imp[/] {escape(exp.name)}: {data_line}, {trainer.name}, "
         f"{exp.num_levels} levels × p={exp.prune_rate}, "
-        f"criteria {', '.join(exp.criteria)}, {exp.seeds} seed(s) → {root}"
+        f"criteria {', '.join(exp.criteria)}, {exp.seeds} seed(s) → {view.path} (data: {job.path})"
     )
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        ctx = _Ctx(exp, trainer, root, rundir, console, progress, on_segment)
+        ctx = _Ctx(exp, trainer, job.path, branch_dirs(exp), console, progress, on_segment)
         for seed in range(exp.seeds):
             run_key = jax.random.fold_in(jax.random.key(exp.seed), seed)
             theta0 = _theta0(ctx, seed, run_key)
             for criterion in exp.imp_criteria:
                 _run_imp(ctx, seed, criterion, run_key, theta0)
             for name in exp.baseline_criteria:
-                _run_baseline(ctx, seed, name, run_key, theta0)
-    rows = [r for r in collect_rows(root) if r["seed"] < exp.seeds and r["criterion"] in exp.criteria]
-    text = "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows)
-    _atomic_write(root / "metrics.jsonl", lambda fh: fh.write(text), mode="w")
+                if exp.baseline_mode == "chain":
+                    _run_baseline_chain(ctx, seed, name, run_key, theta0)
+                else:
+                    _run_baseline_branch(ctx, seed, name, run_key, theta0)
+    return write_view(exp, out, console)
+
+
+def write_view(exp: IMPExperiment, out: str | Path, console: Console | None = None) -> Path:
+    """Rebuild ``<out>/<name>/`` from the store: config, jobs, metrics rows, summary and the plot."""
+    view = View(out, exp.name)
+    job = trunk(exp, out)
+    rows = rows_of(exp, out)
+    view.write_config(exp.resolved())
+    data = Path(os.path.relpath(job.path, view.path)).as_posix()
+    view.write_jobs({"trunk": job.relpath, "data": data, "branches": branch_dirs(exp)})
+    view.write_rows("metrics.jsonl", rows)
     summary = summarise(rows, exp.score)
-    rundir.write_json(
+    data_info = read_json(job.path / "data.json") if (job.path / "data.json").exists() else {}
+    view.write_json(
         "summary.json",
         {
-            "experiment": exp.resolved(),
-            "config_hash": rundir.hash,
+            "experiment": config_lib.to_dict(exp.resolved()),
+            "store": job.relpath,
             "data": data_info,
             "sparsity_counts": "prunable weights only (kernels; biases are never pruned)",
             "criteria": summary,
         },
     )
+    trainer_name = exp.trainer_type if exp.trainer_type != "es" else f"es[{exp.trainer.es.algorithm}]"
     plots.performance_vs_density(
         rows,
-        root / "plots" / "performance_vs_density.png",
-        f"{exp.name}: {exp.dataset or exp.env['name']}, {trainer.name}",
+        view.path / "plots" / "performance_vs_density.png",
+        f"{exp.name}: {exp.dataset or exp.env['name']}, {trainer_name}",
         order=exp.criteria,
         metric=f"test_{exp.score}",
     )
-    title = f"{exp.name}: test {exp.score} (mean ± s.e., seeds)"
-    console.print(summary_table(summary, title, exp.criteria, exp.score))
-    return root
+    if console is not None:
+        title = f"{exp.name}: test {exp.score} (mean ± s.e., seeds)"
+        console.print(summary_table(summary, title, exp.criteria, exp.score))
+    return view.path

@@ -17,7 +17,7 @@ What is reproduced from sklearn (``sklearn/neural_network/_multilayer_perceptron
   epoch loss is Σ batch_loss · batch_len / n (each batch loss taken before its update).
 * Stopping on the training loss: after each epoch ``no_improve += 1`` if ``loss > best − tol`` else 0;
   ``best = min(best, loss)``; when ``no_improve > n_iter_no_change``: stop — except sgd with
-  ``learning_rate="adaptive"``, which divides lr by 5 and resets the counter while lr > 1e-6. With a
+  ``lr_schedule="adaptive"``, which divides lr by 5 and resets the counter while lr > 1e-6. With a
   constant loss the run therefore stops after ``n_iter_no_change + 2`` epochs (the first sets ``best``).
   ``max_epochs`` caps the run (sklearn's ``max_iter``). A non-finite epoch loss stops the run
   (``diverged``).
@@ -50,13 +50,13 @@ from flax import struct
 
 from es_lottery import networks
 from es_lottery._checks import check_bool, check_int, check_number, check_xy
-from es_lottery.gradient.edge_popup import epoch_batches
 from es_lottery.networks import MLP
+from es_lottery.tasks.supervised import epoch_batches
 
 PyTree = Any
 
 SOLVERS = ("adam", "sgd")
-LEARNING_RATES = ("constant", "adaptive")
+LR_SCHEDULES = ("constant", "adaptive")
 WEIGHT_INITS = ("glorot_uniform", *networks.INITS)
 MIN_ADAPTIVE_LR = 1e-6  # sklearn: adaptive sgd stops once lr ≤ 1e-6
 
@@ -89,19 +89,20 @@ class BackpropConfig:
     """Static settings with sklearn's ``MLPClassifier`` names in brackets (defaults are sklearn's, except
     ``max_epochs`` = the paper's 1000 and ``batch_size`` = 200 for sklearn's "auto").
 
-    solver ("adam" | "sgd"), lr [learning_rate_init], batch_size, alpha (L2), momentum and nesterov
-    [nesterovs_momentum] (sgd only), learning_rate ("constant" | "adaptive"; sgd only, ignored by adam as
-    in sklearn), epsilon, beta_1, beta_2 (adam only), max_epochs [max_iter], tol, n_iter_no_change, shuffle,
-    weight_init ("glorot_uniform" = sklearn, or one of ``networks.INITS``). ``lr = 0`` is allowed.
+    solver ("adam" | "sgd"), learning_rate [learning_rate_init], batch_size, alpha (L2), momentum and
+    nesterov [nesterovs_momentum] (sgd only), lr_schedule [learning_rate] ("constant" | "adaptive"; sgd
+    only, ignored by adam as in sklearn), epsilon, beta_1, beta_2 (adam only), max_epochs [max_iter], tol,
+    n_iter_no_change, shuffle, weight_init ("glorot_uniform" = sklearn, or one of ``networks.INITS``).
+    ``learning_rate = 0`` is allowed.
     """
 
     solver: str = "adam"
-    lr: float = 1e-3
+    learning_rate: float = 1e-3
     batch_size: int = 200
     alpha: float = 1e-4
     momentum: float = 0.9
     nesterov: bool = True
-    learning_rate: str = "constant"
+    lr_schedule: str = "constant"
     epsilon: float = 1e-8
     beta_1: float = 0.9
     beta_2: float = 0.999
@@ -114,13 +115,11 @@ class BackpropConfig:
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; allowed: {', '.join(SOLVERS)}")
-        if self.learning_rate not in LEARNING_RATES:
-            raise ValueError(
-                f"unknown learning_rate {self.learning_rate!r}; allowed: {', '.join(LEARNING_RATES)}"
-            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
         if self.weight_init not in WEIGHT_INITS:
             raise ValueError(f"unknown weight_init {self.weight_init!r}; allowed: {', '.join(WEIGHT_INITS)}")
-        check_number(self.lr, "lr", 0.0)
+        check_number(self.learning_rate, "learning_rate", 0.0)
         check_int(self.batch_size, "batch_size", 1)
         check_number(self.alpha, "alpha", 0.0)
         check_number(self.momentum, "momentum", 0.0, 1.0)
@@ -138,7 +137,7 @@ class BackpropConfig:
     @property
     def adaptive(self) -> bool:
         """True when a plateau divides the lr by 5 instead of stopping (sgd + "adaptive" only)."""
-        return self.solver == "sgd" and self.learning_rate == "adaptive"
+        return self.solver == "sgd" and self.lr_schedule == "adaptive"
 
     def replace(self, **kw) -> BackpropConfig:
         return dataclasses.replace(self, **kw)
@@ -151,19 +150,23 @@ ARCHS: dict[str, tuple[int, ...]] = {
     "D": (2, 50, 50, 2),
 }
 
-_MOONS_BCD = BackpropConfig(solver="adam", lr=0.001, epsilon=4.64e-9, batch_size=64, alpha=0.000215)
+_MOONS_BCD = BackpropConfig(
+    solver="adam", learning_rate=0.001, epsilon=4.64e-9, batch_size=64, alpha=0.000215
+)
 
 # Table 2 of Altmann et al. (sklearn MLPClassifier tuned by RandomizedSearchCV; 1000 epochs). Fields the
 # table leaves out keep sklearn's defaults; momentum "0.0" without "nesterov" → nesterov=False.
 PAPER_SETTINGS: dict[tuple[str, str], BackpropConfig] = {
-    ("moons", "A"): BackpropConfig(solver="adam", lr=0.021544, epsilon=4.64e-9, batch_size=128, alpha=0.0001),
+    ("moons", "A"): BackpropConfig(
+        solver="adam", learning_rate=0.021544, epsilon=4.64e-9, batch_size=128, alpha=0.0001
+    ),
     ("moons", "B"): _MOONS_BCD,
     ("moons", "C"): _MOONS_BCD,
     ("moons", "D"): _MOONS_BCD,
     ("circles", "A"): BackpropConfig(
         solver="sgd",
-        learning_rate="adaptive",
-        lr=0.1,
+        lr_schedule="adaptive",
+        learning_rate=0.1,
         batch_size=64,
         alpha=0.046416,
         momentum=0.0,
@@ -171,18 +174,20 @@ PAPER_SETTINGS: dict[tuple[str, str], BackpropConfig] = {
     ),
     ("circles", "B"): BackpropConfig(
         solver="sgd",
-        learning_rate="adaptive",
-        lr=0.004642,
+        lr_schedule="adaptive",
+        learning_rate=0.004642,
         batch_size=128,
         alpha=0.046416,
         momentum=0.5,
         nesterov=True,
     ),
-    ("circles", "C"): BackpropConfig(solver="adam", lr=0.001, epsilon=4.64e-9, batch_size=64, alpha=0.000215),
+    ("circles", "C"): BackpropConfig(
+        solver="adam", learning_rate=0.001, epsilon=4.64e-9, batch_size=64, alpha=0.000215
+    ),
     ("circles", "D"): BackpropConfig(
         solver="sgd",
-        learning_rate="adaptive",
-        lr=0.1,
+        lr_schedule="adaptive",
+        learning_rate=0.1,
         batch_size=128,
         alpha=0.046416,
         momentum=0.0,
@@ -420,7 +425,7 @@ def _train_core(key, x, y, init, module: MLP, config: BackpropConfig) -> Backpro
     s0 = _LoopState(
         params=init,
         opt_state=tx.init(init),
-        lr=jnp.float32(config.lr),
+        lr=jnp.float32(config.learning_rate),
         epoch=jnp.int32(0),
         best=jnp.float32(jnp.inf),
         no_improve=jnp.int32(0),

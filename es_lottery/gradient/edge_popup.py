@@ -52,6 +52,7 @@ from es_lottery import masks as masks_lib
 from es_lottery import networks
 from es_lottery._checks import check_bool, check_int, check_number, check_xy
 from es_lottery.networks import MLP
+from es_lottery.tasks.supervised import epoch_batches
 
 PyTree = Any
 
@@ -60,7 +61,6 @@ __all__ = [
     "EdgePopupResult",
     "accuracy",
     "batch_loss",
-    "epoch_batches",
     "evaluate",
     "full_mask",
     "init",
@@ -92,7 +92,7 @@ class EdgePopupConfig:
     kept_fraction: float = 0.5
     epochs: int = 100
     batch_size: int = 128
-    lr: float = 0.1
+    learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
     weight_init: str = "uniform"
@@ -103,7 +103,7 @@ class EdgePopupConfig:
         masks_lib.check_density(self.kept_fraction, field="kept_fraction")
         check_int(self.epochs, "epochs", 1)
         check_int(self.batch_size, "batch_size", 1)
-        check_number(self.lr, "lr", 0.0)
+        check_number(self.learning_rate, "learning_rate", 0.0)
         check_number(self.momentum, "momentum", 0.0, 1.0, hi_open=True)
         check_number(self.weight_decay, "weight_decay", 0.0)
         if self.weight_init not in networks.INITS:
@@ -249,19 +249,6 @@ def accuracy(module: MLP, params: PyTree, x, y) -> jax.Array:
 # batching and optimiser
 
 
-def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """One epoch of shuffled batches: (indices (S, B) int32, weights (S, B) float32).
-
-    S = ceil(n / B); the last batch holds n − (S−1)·B real samples, the rest is padding with weight 0.
-    """
-    steps = -(-n // batch_size)
-    pad = steps * batch_size - n
-    perm = jax.random.permutation(key, n).astype(jnp.int32)
-    idx = jnp.concatenate([perm, jnp.zeros((pad,), jnp.int32)]).reshape(steps, batch_size)
-    w = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-    return idx, w.reshape(steps, batch_size)
-
-
 def _steps_per_epoch(n: int, config: EdgePopupConfig) -> tuple[int, int]:
     bs = min(int(config.batch_size), n)
     return bs, -(-n // bs)
@@ -269,7 +256,7 @@ def _steps_per_epoch(n: int, config: EdgePopupConfig) -> tuple[int, int]:
 
 def make_optimizer(config: EdgePopupConfig, total_steps: int) -> optax.GradientTransformation:
     """PyTorch-style SGD on the scores: decay added to the gradient, momentum, cosine-decayed lr."""
-    schedule = optax.cosine_decay_schedule(config.lr, decay_steps=max(int(total_steps), 1))
+    schedule = optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(int(total_steps), 1))
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
         optax.sgd(schedule, momentum=config.momentum if config.momentum > 0 else None),
@@ -343,24 +330,25 @@ def _train_seeds_jit(keys, x, y, module, config):
     return jax.vmap(lambda k: _train_core(k, x, y, module, config))(keys)
 
 
+def _prepare(arch, x, y, config: EdgePopupConfig | None) -> tuple[MLP, EdgePopupConfig]:
+    config = EdgePopupConfig() if config is None else config
+    module = resolve_module(arch, config)
+    _check_data(module, x, y)
+    return module, config
+
+
 def train(
     key: jax.Array, arch: Sequence[int] | MLP, x_train, y_train, config: EdgePopupConfig | None = None
 ) -> EdgePopupResult:
     """Run edge-popup from ``key`` (jitted; vmappable over ``key``). ``arch``: sizes or an ``MLP``."""
-    config = EdgePopupConfig() if config is None else config
-    module = resolve_module(arch, config)
-    _check_data(module, x_train, y_train)
-    return _train_jit(key, x_train, y_train, module, config)
+    return _train_jit(key, x_train, y_train, *_prepare(arch, x_train, y_train, config))
 
 
 def train_seeds(
     keys: jax.Array, arch: Sequence[int] | MLP, x_train, y_train, config: EdgePopupConfig | None = None
 ) -> EdgePopupResult:
     """``jax.vmap(train)`` over a batch of keys: one compiled program for all seeds."""
-    config = EdgePopupConfig() if config is None else config
-    module = resolve_module(arch, config)
-    _check_data(module, x_train, y_train)
-    return _train_seeds_jit(keys, x_train, y_train, module, config)
+    return _train_seeds_jit(keys, x_train, y_train, *_prepare(arch, x_train, y_train, config))
 
 
 @jax.jit

@@ -99,12 +99,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from es_lottery import masks as masks_lib
-from es_lottery.pruning import criteria as criteria_lib
 from es_lottery.pruning import loop
-from es_lottery.pruning.loop import IMPConfig, IMPResult, LevelRecord, Trainer, TrainResult, trainer_name
+from es_lottery.pruning.loop import IMPConfig, IMPResult, LevelRecord, Trainer, trainer_name
 
 PyTree = Any
 InitFn = Callable[[jax.Array], PyTree]
@@ -116,7 +114,6 @@ __all__ = [
     "chain_ticket",
     "chain_transform_key",
     "get_baseline",
-    "make_ticket",
     "mask_reinit",
     "permute_mask_and_weights",
     "permute_weights",
@@ -229,13 +226,6 @@ def get_baseline(name: str) -> Callable[..., tuple[PyTree, PyTree]]:
     return BASELINES[name]
 
 
-def make_ticket(
-    name: str, key: jax.Array, theta0: PyTree, mask: PyTree, init_fn: InitFn | None = None, prunable=None
-) -> tuple[PyTree, PyTree]:
-    """``(θ₀' ⊙ m', m')`` of baseline ``name`` for the IMP ticket ``(theta0, mask)``."""
-    return get_baseline(name)(key, theta0, mask, init_fn, prunable=prunable)
-
-
 def _level_masks(imp: IMPResult | Mapping[int, PyTree] | Sequence[PyTree]) -> dict[int, PyTree]:
     if isinstance(imp, IMPResult):
         return {r.level: r.mask for r in imp.records}
@@ -272,22 +262,8 @@ def run_baseline(
     for level in todo:
         k_transform, k_train = jax.random.split(jax.random.fold_in(key, level))
         theta_b, mask_b = fn(k_transform, theta0, by_level[level], trainer.init_params, prunable=prunable)
-        result = trainer.train(k_train, theta_b, mask_b)
-        if not isinstance(result, TrainResult):
-            raise TypeError(f"{tname}.train must return a TrainResult, got {type(result).__name__}")
-        kept, total = masks_lib.count(mask_b, prunable)
-        record = LevelRecord(
-            level=level,
-            density=int(kept) / total,
-            kept=int(kept),
-            total=int(total),
-            mask=mask_b,
-            metrics=jax.device_get(dict(result.metrics)),
-            eval_score=float(jax.device_get(result.eval_score)),
-            final_params=result.final_params if keep_params else None,
-            std_params=result.std_params if keep_params else None,
-            theta_start=theta_b if keep_params else None,
-            task_state=result.task_state if keep_params else None,
+        record = loop.train_record(
+            trainer, k_train, theta_b, mask_b, level, tname, keep_params=keep_params, prunable=prunable
         )
         records.append(record)
         if callback is not None:
@@ -308,9 +284,10 @@ def chain_ticket(
     name: str, key: jax.Array, theta0: PyTree, mask: PyTree, init_fn: InitFn | None = None, prunable=None
 ) -> tuple[PyTree, PyTree]:
     """``(θ₀' ⊙ m', m')`` of baseline ``name`` at one level of its chain: ``mask`` is the chain's own
-    pruned mask, ``key`` the level's :func:`chain_transform_key`. As :func:`make_ticket`, except that
-    ``mask_reinit`` draws its init from ``split(key)[1]``, the key ``random_reinit`` draws its init from,
-    so the two chains share the fresh init of every level, as in the original (O5)."""
+    pruned mask, ``key`` the level's :func:`chain_transform_key`. As ``get_baseline(name)(key, theta0,
+    mask, …)``, except that ``mask_reinit`` draws its init from ``split(key)[1]``, the key
+    ``random_reinit`` draws its init from, so the two chains share the fresh init of every level, as in
+    the original (O5)."""
     fn = get_baseline(name)
     if name == "mask_reinit":
         key = jax.random.split(key)[1]
@@ -352,30 +329,12 @@ def run_baseline_chain(
     get_baseline(name)
     if not isinstance(config, IMPConfig):
         raise TypeError(f"config must be an IMPConfig, got {type(config).__name__}")
-    for method in ("init_params", "train"):
-        if not callable(getattr(trainer, method, None)):
-            raise TypeError(f"trainer must implement the Trainer protocol; it has no method {method!r}")
-    tname = trainer_name(trainer)
-    criteria_lib.check_trainer_compatible(config.criterion, getattr(trainer, "provides_std", None), tname)
-    n = config.num_levels
-    if (
-        isinstance(start_level, bool)
-        or not isinstance(start_level, (int, np.integer))
-        or not (0 <= start_level < n)
-    ):
-        raise ValueError(f"start_level must be an integer in 0..{n - 1}, got {start_level!r}")
-    end = n if end_level is None else end_level
-    if isinstance(end, bool) or not isinstance(end, (int, np.integer)) or not (start_level < end <= n):
-        raise ValueError(f"end_level must be an integer in {start_level + 1}..{n}, got {end_level!r}")
-    if start_level > 0 and start_mask is None:
-        raise ValueError(
-            f"start_level={start_level} resumes a chain and needs start_mask (the chain's next_mask of "
-            f"level {start_level - 1})"
-        )
+    loop.check_trainer(trainer, config.criterion)
+    end = loop.check_level_range(config, start_level, end_level, start_mask, "the chain's next_mask")
     if level0 is not None:
         if not isinstance(level0, LevelRecord) or level0.level != 0:
             raise ValueError(f"level0 must be the IMP chain's level-0 LevelRecord, got {level0!r}")
-        if n > 1 and level0.next_mask is None:
+        if config.num_levels > 1 and level0.next_mask is None:
             raise ValueError("level0 has no next_mask; a chain continues from it")
     cfg = chain_config(name, config)
     schedule = config.schedule

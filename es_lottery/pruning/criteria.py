@@ -55,6 +55,7 @@ PyTree = Any
 __all__ = [
     "CRITERIA",
     "Criterion",
+    "check_trainer_compatible",
     "compute_scores",
     "get_criterion",
     "magnitude",

@@ -23,18 +23,15 @@ exactly the same segments (the segmentation is a function of the config, not of 
 level is bitwise identical to an uninterrupted one. ``checkpoint_every`` must be a multiple of
 ``eval_every`` so that the evaluation points (and hence the best mean) do not depend on it either.
 
-:class:`OrbaxCheckpointer` stores the state with ``orbax.checkpoint`` (one directory per checkpoint,
-``gen_<8-digit generation>``, written atomically; older ones are removed after a successful save). The
-experiment driver (``experiments/imp.py``) gives every level its own checkpoint directory via
-:meth:`ESTrainer.checkpointing`.
+:class:`NpzCheckpointer` keeps the latest state in one ``.npz`` (the package's one array format,
+``es_lottery.treeio``), replaced atomically after every segment. The experiment driver
+(``experiments/imp.py``) gives every level its own checkpoint directory via :meth:`ESTrainer.checkpointing`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from es_lottery import masks as masks_lib
-from es_lottery import networks
+from es_lottery import networks, treeio
 from es_lottery._checks import check_int
 from es_lottery.pruning.loop import TrainResult
 from es_lottery.search import es
@@ -59,7 +56,7 @@ SegmentHook = Callable[[dict], Any]
 __all__ = [
     "ESTrainer",
     "ESTrainerConfig",
-    "OrbaxCheckpointer",
+    "NpzCheckpointer",
     "SegmentCheckpointer",
 ]
 
@@ -78,7 +75,10 @@ class ESTrainerConfig:
     chunk_size: data chunk of the population kernels (``"auto"``, an int, or ``None``).
     """
 
-    es: es.ESConfig = dataclasses.field(default_factory=es.ESConfig)
+    es: es.ESConfig = dataclasses.field(
+        default_factory=es.ESConfig,
+        metadata={"inline": True, "doc": "the ES (its fields sit in trainer: directly)"},
+    )
     num_generations: int = 4000
     eval_every: int = 100
     batch_size: int | None = 1024
@@ -124,89 +124,52 @@ class SegmentCheckpointer(Protocol):
     def restore(self, template: es.ESRunState) -> tuple[es.ESRunState, dict] | None: ...
 
 
-_GEN_DIR = re.compile(r"^gen_(\d{8})$")
-
-
 def _host(tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 
-class OrbaxCheckpointer:
-    """``SegmentCheckpointer`` writing ``<directory>/gen_<8-digit generation>`` with ``orbax.checkpoint``.
+class NpzCheckpointer:
+    """``SegmentCheckpointer`` keeping the latest state in ``<directory>/state.npz`` (``es_lottery.treeio``:
+    the package's one array format): the ``ESRunState``'s leaves by tree path under ``state/``, the
+    history so far under ``history/`` and the generation in the metadata. Its static parts (search space,
+    algorithm) come from the template at restore time, which also checks every array's name, shape and
+    dtype; host arrays, so a checkpoint restores on any device layout. Each save replaces the file
+    atomically."""
 
-    The payload holds the leaves of the ``ESRunState`` (its static search space and algorithm name come
-    from the template at restore time and are checked against the leaf shapes), the history so far and
-    the generation. Everything is saved as host (numpy) arrays, so a checkpoint restores on any device
-    layout. Only the latest checkpoint is kept.
-    """
+    FILE = "state.npz"
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
-    def _finished(self) -> list[tuple[int, Path]]:
-        if not self.directory.is_dir():
-            return []
-        out = []
-        for p in self.directory.iterdir():
-            m = _GEN_DIR.match(p.name)
-            if m and p.is_dir():
-                out.append((int(m.group(1)), p))
-        return sorted(out)
+    @property
+    def path(self) -> Path:
+        return self.directory / self.FILE
 
     def latest_generation(self) -> int | None:
-        found = self._finished()
-        return found[-1][0] if found else None
+        if not self.path.is_file():
+            return None
+        return int(treeio.load_arrays(self.path)[1]["generation"])
 
     def save(self, state: es.ESRunState, history: dict) -> None:
-        import orbax.checkpoint as ocp
-
-        generation = int(jax.device_get(state.generation))
-        leaves = jax.tree_util.tree_leaves(state)
-        payload = {
-            "leaves": {f"{i:04d}": np.asarray(jax.device_get(x)).reshape(-1) for i, x in enumerate(leaves)},
-            "history": _host(history),
-            "generation": np.asarray([generation], np.int64),
-        }
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"gen_{generation:08d}"
-        if path.exists():
-            shutil.rmtree(path)
-        ocp.PyTreeCheckpointer().save(path.resolve(), payload)
-        for g, p in self._finished():
-            if g < generation:
-                shutil.rmtree(p, ignore_errors=True)
+        arrays = {f"state/{k}": v for k, v in treeio.tree_arrays(state).items()}
+        arrays.update({f"history/{k}": v for k, v in treeio.tree_arrays(history).items()})
+        treeio.save_arrays(self.path, arrays, {"generation": int(jax.device_get(state.generation))})
 
     def restore(self, template: es.ESRunState) -> tuple[es.ESRunState, dict] | None:
-        import orbax.checkpoint as ocp
-
-        found = self._finished()
-        if not found:
+        if not self.path.is_file():
             return None
-        generation, path = found[-1]
-        data = ocp.PyTreeCheckpointer().restore(path.resolve())
-        t_leaves, treedef = jax.tree_util.tree_flatten(template)
-        saved = data["leaves"]
-        if len(saved) != len(t_leaves):
+        arrays, meta = treeio.load_arrays(self.path)
+        parts = treeio.nested(arrays)
+        flat = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
+        try:
+            state = treeio.tree_from_arrays(flat, template, str(self.path))
+        except ValueError as err:
+            raise ValueError(f"{err} — delete {self.directory} to start the level afresh") from None
+        if int(state.generation) != int(meta.get("generation", -1)):
             raise ValueError(
-                f"checkpoint {path} holds {len(saved)} state leaves, the ES run state has {len(t_leaves)}; "
-                "it belongs to another configuration — delete it to start the level afresh"
+                f"checkpoint {self.path} is inconsistent: its state is at generation {state.generation}"
             )
-        leaves = []
-        for i, t in enumerate(t_leaves):
-            x = np.asarray(saved[f"{i:04d}"])
-            if x.size != np.size(t):
-                raise ValueError(
-                    f"checkpoint {path}: state leaf {i} has {x.size} entries, expected {np.size(t)} "
-                    "(another mask or configuration?) — delete it to start the level afresh"
-                )
-            leaves.append(jnp.asarray(x.astype(np.asarray(t).dtype).reshape(np.shape(t))))
-        state = jax.tree_util.tree_unflatten(treedef, leaves)
-        if int(state.generation) != generation:
-            raise ValueError(
-                f"checkpoint {path} is inconsistent: its state is at generation {state.generation}"
-            )
-        history = jax.tree_util.tree_map(np.asarray, data["history"])
-        return state, history
+        return state, parts.get("history", {})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Gradient-descent trainer for classification: the GD-IMP baseline of Lange & Sprekeler (2023).
+"""Gradient-descent trainers for classification: the GD-IMP baselines (Adam; masked SGD for NeTS).
 
 ``GDTrainer`` implements the ``Trainer`` protocol of ``es_lottery.pruning.loop``:
 
@@ -14,6 +14,9 @@
 * ``eval_score`` — test accuracy of the final params (chunked over the test set, exact integer counts).
 * ``std_params`` — ``None``: gradient descent has no search distribution, so the SNR criteria are invalid
   for this trainer (``provides_std = False``; the loop rejects them before training).
+
+``SGDTrainer`` is the same protocol over ``tasks.supervised.train_ticket`` (masked SGD): NeTS trains its
+IMP levels with it, exactly like its tickets.
 
 Paper settings (appendix C, Table 5): Adam, lr 3e-4, batch 128, 20 epochs, the vision CNN
 (``networks.make_network("paper_cnn")``), CE objective, accuracy evaluation.
@@ -36,17 +39,23 @@ import optax
 from es_lottery import masks as masks_lib
 from es_lottery import networks
 from es_lottery._checks import check_int
-from es_lottery.gradient.edge_popup import epoch_batches
 from es_lottery.pruning.loop import TrainResult
+from es_lottery.tasks.supervised import TrainConfig, epoch_batches, evaluate_ticket, train_ticket
 
 PyTree = Any
 
-__all__ = ["GDConfig", "GDTrainer", "accuracy_and_loss", "train_masked"]
+__all__ = ["GDConfig", "GDTrainer", "SGDTrainer", "accuracy_and_loss", "train_masked"]
 
 
 @dataclass(frozen=True)
 class GDConfig:
-    """Static GD settings (hashable; a static argument of the jitted program). Defaults are the paper's."""
+    """Static GD settings (hashable; a static argument of the jitted program). Defaults are the paper's.
+
+    epochs: passes over the training set per level.
+    learning_rate: Adam's step size.
+    batch_size: training examples per step (the last batch of an epoch is padded with zero weights).
+    eval_chunk: test examples per forward pass during evaluation.
+    """
 
     epochs: int = 20
     learning_rate: float = 3e-4
@@ -80,27 +89,9 @@ def _batch_loss(params, module, x, y, w):
 def accuracy_and_loss(
     module: nn.Module, params: PyTree, x, y, chunk: int = 1024
 ) -> tuple[jax.Array, jax.Array]:
-    """(accuracy, mean cross-entropy) of ``params`` on ``(x, y)``, in chunks of ``chunk`` examples."""
-    n = x.shape[0]
-    c = min(int(chunk), n)
-    steps = -(-n // c)
-    pad = steps * c - n
-    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(steps, c, *x.shape[1:])
-    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(steps, c)
-    wp = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)]).reshape(steps, c)
-
-    def body(carry, batch):
-        correct, loss = carry
-        xb, yb, wb = batch
-        logits = networks.apply(module, params, xb)
-        hit = (jnp.argmax(logits, -1) == yb) & (wb > 0)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-        return (correct + jnp.sum(hit, dtype=jnp.int32), loss + jnp.sum(wb * ce)), None
-
-    (correct, loss), _ = jax.lax.scan(
-        body, (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)), (xp, yp, wp)
-    )
-    return correct / n, loss / n
+    """(accuracy, mean cross-entropy) of ``params`` on ``(x, y)``, in chunks of ``chunk`` examples with exact
+    integer hit counts (``tasks.supervised.evaluate_ticket``: softmax cross-entropy for ≥ 2 outputs)."""
+    return evaluate_ticket(module, params, x, y, chunk)
 
 
 @partial(jax.jit, static_argnames=("module", "config"))
@@ -208,3 +199,29 @@ class GDTrainer:
         return TrainResult(
             final_params=params, std_params=None, metrics=metrics, eval_score=metrics["test_accuracy"]
         )
+
+
+class SGDTrainer:
+    """Masked SGD trainer (``Trainer`` protocol) with ``tasks.supervised.train_ticket``: the IMP baseline of
+    NeTS, whose levels are trained exactly like the NeTS and random tickets (1-output networks use the binary
+    logit loss). ``eval_score`` is the test accuracy; ``metrics`` hold ``train_loss`` per epoch,
+    ``test_accuracy`` and ``test_loss``."""
+
+    name = "sgd"
+    provides_std = False
+
+    def __init__(self, module: nn.Module, x_train, y_train, x_test, y_test, config: TrainConfig):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a tasks.supervised.TrainConfig, got {type(config).__name__}")
+        module.validate()
+        self.module, self.config = module, config
+        self.x_train, self.y_train, self.x_test, self.y_test = x_train, y_train, x_test, y_test
+
+    def init_params(self, key: jax.Array) -> PyTree:
+        return networks.init_params(key, self.module)
+
+    def train(self, key: jax.Array, theta0: PyTree, mask: PyTree) -> TrainResult:
+        params, metrics = train_ticket(
+            key, theta0, mask, self.x_train, self.y_train, self.x_test, self.y_test, self.module, self.config
+        )
+        return TrainResult(final_params=params, metrics=metrics, eval_score=metrics["test_accuracy"])

@@ -47,6 +47,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery._checks import check_bool
+from es_lottery.keys import split_run_key  # (k_init, k_levels): θ₀ from the first, level keys from the second
 from es_lottery.pruning import criteria as criteria_lib
 from es_lottery.pruning.schedule import PruningSchedule
 
@@ -58,13 +59,18 @@ __all__ = [
     "LevelRecord",
     "TrainResult",
     "Trainer",
+    "check_level_range",
     "check_mask",
+    "check_trainer",
     "layer_counts",
     "level_keys",
+    "level_record",
     "next_mask",
     "run",
     "run_level",
     "split_run_key",
+    "train_checked",
+    "train_record",
     "trainer_name",
 ]
 
@@ -102,7 +108,14 @@ def trainer_name(trainer: Any) -> str:
 
 @dataclass(frozen=True)
 class IMPConfig:
-    """Static settings of one iterative-pruning run (hashable). Defaults are the paper's."""
+    """Static settings of one iterative-pruning run (hashable). Defaults are the paper's.
+
+    num_levels: pruning levels, the dense level 0 included (level k keeps (1 − prune_rate)^k).
+    prune_rate: fraction of the surviving prunable weights removed per level, in (0, 1).
+    criterion: the score that decides what survives (``pruning.criteria.CRITERIA``).
+    scope: ``global`` (one threshold over every prunable weight) or ``layerwise`` (each layer alike).
+    check_pruned_zero: check that the trainer left pruned weights at exactly zero.
+    """
 
     num_levels: int = 20
     prune_rate: float = 0.2
@@ -174,12 +187,6 @@ class IMPResult:
 
 # ----------------------------------------------------------------------------------------------
 # keys
-
-
-def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(k_init, k_levels)``: θ₀ is drawn from ``k_init``; level keys derive from ``k_levels``."""
-    k_init, k_levels = jax.random.split(key)
-    return k_init, k_levels
 
 
 def level_keys(key: jax.Array, level: int) -> tuple[jax.Array, jax.Array]:
@@ -263,6 +270,94 @@ def next_mask(
     return masks_lib.prune_to(density, scores, mask, scope=config.scope, prunable=prunable)
 
 
+def check_trainer(trainer: Any, criterion: str) -> str:
+    """The trainer's name, after checking it implements the ``Trainer`` protocol and suits ``criterion``
+    (the SNR criteria need a search distribution)."""
+    for method in ("init_params", "train"):
+        if not callable(getattr(trainer, method, None)):
+            raise TypeError(f"trainer must implement the Trainer protocol; it has no method {method!r}")
+    name = trainer_name(trainer)
+    criteria_lib.check_trainer_compatible(criterion, getattr(trainer, "provides_std", None), name)
+    return name
+
+
+def check_level_range(config: IMPConfig, start_level, end_level, start_mask, mask_source: str) -> int:
+    """The end level of a run of ``config`` from ``start_level`` to ``end_level`` (None: the last), after
+    checking both; a resumed run (``start_level > 0``) needs ``start_mask`` (``mask_source`` of level
+    ``start_level − 1``)."""
+    n = config.num_levels
+    if (
+        isinstance(start_level, bool)
+        or not isinstance(start_level, int | np.integer)
+        or not 0 <= start_level < n
+    ):
+        raise ValueError(f"start_level must be an integer in 0..{n - 1}, got {start_level!r}")
+    end = n if end_level is None else end_level
+    if isinstance(end, bool) or not isinstance(end, int | np.integer) or not start_level < end <= n:
+        raise ValueError(f"end_level must be an integer in {start_level + 1}..{n}, got {end_level!r}")
+    if start_level > 0 and start_mask is None:
+        raise ValueError(
+            f"start_level={start_level} resumes a run and needs start_mask ({mask_source} at level "
+            f"{start_level - 1})"
+        )
+    return int(end)
+
+
+def train_checked(trainer: Trainer, key: jax.Array, theta: PyTree, mask: PyTree, name: str) -> TrainResult:
+    """``trainer.train(key, theta, mask)``, checked to return a ``TrainResult``."""
+    result = trainer.train(key, theta, mask)
+    if not isinstance(result, TrainResult):
+        raise TypeError(f"{name}.train must return a TrainResult, got {type(result).__name__}")
+    return result
+
+
+def train_record(
+    trainer: Trainer,
+    key: jax.Array,
+    theta: PyTree,
+    mask: PyTree,
+    level: int,
+    name: str,
+    *,
+    keep_params: bool = True,
+    prunable=None,
+) -> LevelRecord:
+    """Train ``theta`` on ``mask`` once (a control ticket, a transferred ticket) and record it as ``level``
+    (``theta_start`` = ``theta``, density = the mask's kept fraction)."""
+    result = train_checked(trainer, key, theta, mask, name)
+    return level_record(level, mask, result, theta_start=theta, keep_params=keep_params, prunable=prunable)
+
+
+def level_record(
+    level: int,
+    mask: PyTree,
+    result: TrainResult,
+    *,
+    density: float | None = None,
+    next_mask: PyTree | None = None,
+    theta_start: PyTree | None = None,
+    keep_params: bool = True,
+    prunable=None,
+) -> LevelRecord:
+    """The ``LevelRecord`` of a level trained on ``mask`` (``density``: the schedule's target; default: the
+    mask's exact kept fraction); ``keep_params=False`` drops params, stds and the start."""
+    kept, total = masks_lib.count(mask, prunable)
+    return LevelRecord(
+        level=int(level),
+        density=int(kept) / total if density is None else density,
+        kept=int(kept),
+        total=int(total),
+        mask=mask,
+        metrics=jax.device_get(dict(result.metrics)),
+        eval_score=float(jax.device_get(result.eval_score)),
+        next_mask=next_mask,
+        final_params=result.final_params if keep_params else None,
+        std_params=result.std_params if keep_params else None,
+        theta_start=theta_start if keep_params else None,
+        task_state=result.task_state if keep_params else None,
+    )
+
+
 def run_level(
     key: jax.Array,
     trainer: Trainer,
@@ -277,9 +372,7 @@ def run_level(
     name = trainer_name(trainer)
     k_train, k_score = level_keys(key, level)
     theta_level = masks_lib.apply(theta0, mask)
-    result = trainer.train(k_train, theta_level, mask)
-    if not isinstance(result, TrainResult):
-        raise TypeError(f"{name}.train must return a TrainResult, got {type(result).__name__}")
+    result = train_checked(trainer, k_train, theta_level, mask, name)
     masks_lib.check_congruent(theta0, result.final_params, field="TrainResult.final_params")
     if result.std_params is not None:
         masks_lib.check_congruent(theta0, result.std_params, field="TrainResult.std_params")
@@ -288,19 +381,14 @@ def run_level(
     nxt = None
     if level < config.num_levels - 1:
         nxt = next_mask(config, level, result, theta_level, mask, k_score, prunable, name)
-    kept, total = masks_lib.count(mask, prunable)
-    return LevelRecord(
-        level=int(level),
+    return level_record(
+        level,
+        mask,
+        result,
         density=config.schedule.density(level),
-        kept=int(kept),
-        total=int(total),
-        mask=mask,
-        metrics=jax.device_get(dict(result.metrics)),
-        eval_score=float(jax.device_get(result.eval_score)),
         next_mask=nxt,
-        final_params=result.final_params if keep_params else None,
-        std_params=result.std_params if keep_params else None,
-        task_state=result.task_state if keep_params else None,
+        keep_params=keep_params,
+        prunable=prunable,
     )
 
 
@@ -326,27 +414,9 @@ def run(
     """
     if not isinstance(config, IMPConfig):
         raise TypeError(f"config must be an IMPConfig, got {type(config).__name__}")
-    for method in ("init_params", "train"):
-        if not callable(getattr(trainer, method, None)):
-            raise TypeError(f"trainer must implement the Trainer protocol; it has no method {method!r}")
-    name = trainer_name(trainer)
-    criteria_lib.check_trainer_compatible(config.criterion, getattr(trainer, "provides_std", None), name)
+    check_trainer(trainer, config.criterion)
     schedule = config.schedule
-    n_levels = config.num_levels
-    if (
-        isinstance(start_level, bool)
-        or not isinstance(start_level, (int, np.integer))
-        or not (0 <= start_level < n_levels)
-    ):
-        raise ValueError(f"start_level must be an integer in 0..{n_levels - 1}, got {start_level!r}")
-    end = n_levels if end_level is None else end_level
-    if isinstance(end, bool) or not isinstance(end, (int, np.integer)) or not (start_level < end <= n_levels):
-        raise ValueError(f"end_level must be an integer in {start_level + 1}..{n_levels}, got {end_level!r}")
-    if start_level > 0 and start_mask is None:
-        raise ValueError(
-            f"start_level={start_level} resumes a run and needs start_mask (the next_mask recorded at "
-            f"level {start_level - 1})"
-        )
+    end = check_level_range(config, start_level, end_level, start_mask, "the next_mask recorded")
     if theta0 is None:
         k_init, _ = split_run_key(key)
         theta0 = trainer.init_params(k_init)

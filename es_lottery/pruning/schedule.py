@@ -28,7 +28,7 @@ PyTree = Any
 
 SCOPES = ("global", "layerwise")
 
-__all__ = ["SCOPES", "PruningSchedule", "check_prune_rate", "level_density"]
+__all__ = ["SCOPES", "PruningSchedule", "check_prune_rate", "check_scope", "level_density"]
 
 
 def check_prune_rate(prune_rate: Any) -> float:
@@ -58,7 +58,12 @@ def level_density(level: int, prune_rate: float) -> float:
 
 @dataclass(frozen=True)
 class PruningSchedule:
-    """Densities of ``num_levels`` pruning levels (hashable, validated on construction)."""
+    """Densities of ``num_levels`` pruning levels (hashable, validated on construction).
+
+    prune_rate: fraction of the surviving prunable weights removed per level, in (0, 1).
+    num_levels: pruning levels, the dense level 0 included (level k keeps (1 − prune_rate)^k).
+    scope: ``global`` (one threshold over every prunable weight) or ``layerwise`` (each layer alike).
+    """
 
     prune_rate: float = 0.2
     num_levels: int = 20

@@ -1,0 +1,18 @@
+"""The searches: the strong-ticket GA (``ga_slt``), the evosax adapter (``es``) and NeTS (``nets``).
+
+Every search is a set of pure functions of explicit keys: ``init`` → state, ``step`` → (state, metrics),
+``advance`` continues a state; ``ga_slt.run`` / ``nets.run`` run a whole search, ``es.train`` a whole ES
+(``es.ask`` / ``es.tell`` for a loop of your own). Names load lazily.
+"""
+
+from es_lottery._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "es": "es_lottery.search.es",
+        "ga_slt": "es_lottery.search.ga_slt",
+        "nets": "es_lottery.search.nets",
+        "paper_settings": "es_lottery.search.paper_settings",
+    },
+)

@@ -11,10 +11,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-
-def generation_key(key: jax.Array, generation) -> jax.Array:
-    """The key that ``run`` passes to ``step`` for generation ``generation``."""
-    return jax.random.fold_in(key, generation)
+from es_lottery.keys import generation_key
 
 
 def history_buffers(template: dict, rows: int) -> dict:
