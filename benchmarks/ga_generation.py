@@ -158,11 +158,12 @@ def bench_arch(label, sizes, data, cfg, n_seeds, quick) -> dict:
     return row
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=25)
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="output directory (default: benchmarks/results)")
+    args = parser.parse_args(argv)
     data = classification.moons()
     cfg = ga_slt.GAConfig()
     archs = {k: v for k, v in ARCHS.items() if not args.quick or k in ("A", "B")}
@@ -229,7 +230,7 @@ inside one compiled program.
 
 {extra}
 """
-    write_results("ga_generation", {"machine": info, "config": str(cfg), "rows": rows}, md)
+    write_results("ga_generation", {"machine": info, "config": str(cfg), "rows": rows}, md, args.out)
     print(md)
 
 

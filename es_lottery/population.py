@@ -103,6 +103,7 @@ __all__ = [
     "evaluate_params",
     "forward_population",
     "make_forward",
+    "member_block_multiple",
     "plan_chunk",
     "population_size",
     "table_path_applies",
@@ -304,6 +305,15 @@ def _cnn_block_size(npop: int, chunk: int) -> int:
     """Members per block in the CNN forward: about ``CNN_BLOCK_MEMBER_IMAGES`` member-images per step."""
     g = max(1, CNN_BLOCK_MEMBER_IMAGES // max(chunk, 1))
     return int(min(1 << int(np.log2(g)), npop))
+
+
+def member_block_multiple(module: nn.Module, chunk: int) -> int:
+    """Members the kernel evaluates together at data chunk ``chunk``: the paper CNN's member block (4 at
+    the "auto" chunk of 128 images), else 1. A population split into blocks that are multiples of it gives
+    the same numbers as the whole population in one call (measured: ``distributed``'s module doc)."""
+    if isinstance(module, PaperCNN):
+        return _cnn_block_size(2**30, chunk)
+    return 1
 
 
 def _cnn_forward(module: PaperCNN, params, chunk: int | None = None):

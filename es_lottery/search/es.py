@@ -77,6 +77,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery._checks import check_choice, check_int, check_number, check_positive
+from es_lottery.keys import generation_key
 from es_lottery.search import paper_settings
 from es_lottery.tasks import base as tasks_base
 from es_lottery.tasks import classification
@@ -706,11 +707,6 @@ def step(key: jax.Array, state: ESRunState, task, config: ESConfig):
 
 # ----------------------------------------------------------------------------------------------
 # whole runs
-
-
-def generation_key(key: jax.Array, generation) -> jax.Array:
-    """The key :func:`run` passes to :func:`step` for generation ``generation`` (0-based)."""
-    return jax.random.fold_in(key, generation)
 
 
 def _chunk(key, state: ESRunState, task, config: ESConfig, length: int):

@@ -56,6 +56,7 @@ from flax import struct
 from es_lottery import masks as masks_lib
 from es_lottery import networks
 from es_lottery._checks import check_int, check_rate
+from es_lottery.keys import split_run_key
 from es_lottery.networks import MLP
 from es_lottery.search._generations import advance_generations, generation_key, history_buffers
 from es_lottery.tasks import base as tasks_base
@@ -643,12 +644,6 @@ def run(key: jax.Array, task, config: GAConfig):
     k_init, k_run = split_run_key(key)
     state = init(k_init, task, config)
     return _advance(k_run, state, empty_history(task, config, state), task, config, config.cap)
-
-
-def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(init key, generation base key) exactly as ``run`` uses them."""
-    k_init, k_run = jax.random.split(key)
-    return k_init, k_run
 
 
 @partial(jax.jit, static_argnames=("config",))

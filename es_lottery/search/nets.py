@@ -71,6 +71,7 @@ from flax import struct
 from es_lottery import masks as masks_lib
 from es_lottery import networks, population
 from es_lottery._checks import check_choice, check_int, check_number, check_positive, check_rate
+from es_lottery.keys import split_run_key
 from es_lottery.search._generations import advance_generations, generation_key, history_buffers
 from es_lottery.tasks import base as tasks_base
 from es_lottery.tasks import classification
@@ -537,12 +538,6 @@ class NeTSState:
     last_change: jax.Array  # generation at which best_fitness last changed
     n_evals: jax.Array
     task_state: Any = None  # the task's state (None for classification)
-
-
-def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(init key, generation base key) exactly as ``run`` uses them."""
-    k_init, k_run = jax.random.split(key)
-    return k_init, k_run
 
 
 def _take(tree: PyTree, idx) -> PyTree:

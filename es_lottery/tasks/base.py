@@ -21,6 +21,12 @@ compiled program) with an EXPLICIT state and pure functions, in the spirit of ev
 
 Searches never look inside a task: classification (``tasks.classification.ClassificationTask``), control
 (``tasks.control.ControlTask``) and a user's own function (:func:`from_function`) plug in the same way.
+
+Devices. A task's fitness is where the population is split over devices: the tasks here carry a static
+``sharding`` (:class:`es_lottery.distributed.PopulationSharding`, taken from
+:func:`es_lottery.distributed.use_devices` when the task is built) and evaluate their population in
+fixed-size member blocks over its mesh (:func:`es_lottery.distributed.map_blocks`); the searches are
+unchanged and keep their state replicated. Tasks of your own can do the same with ``map_blocks``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from es_lottery import distributed
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -177,14 +185,23 @@ class FunctionTask(TaskBase):
     eval_fn: Callable | None = struct.field(pytree_node=False, default=None)
     params_fn: Callable | None = struct.field(pytree_node=False, default=None)
     score_key: str = struct.field(pytree_node=False, default="score")
+    sharding: distributed.PopulationSharding | None = struct.field(pytree_node=False, default=None)
+
+    def _population_fitness(self, data, key, params):
+        if self.batched:
+            return jnp.asarray(self.fn(data, key, params), jnp.float32)
+        return jnp.asarray(jax.vmap(lambda p: self.fn(data, p))(params), jnp.float32)
 
     def fitness(self, state, key, members):
         params = member_params(members)
-        if self.batched:
-            fit = self.fn(self.data, key, params)
-        else:
-            fit = jax.vmap(lambda p: self.fn(self.data, p))(params)
-        return jnp.asarray(fit, jnp.float32), state
+        if self.sharding is None:
+            return self._population_fitness(self.data, key, params), state
+
+        def block(member_block, live, shared):
+            return self._population_fitness(shared[0], shared[1], member_block), None
+
+        fit, _ = distributed.map_blocks(block, params, (self.data, key), self.sharding)
+        return fit, state
 
     @property
     def has_eval(self) -> bool:
@@ -223,6 +240,7 @@ def from_function(
     init_params: Callable | None = None,
     score_key: str = "score",
     data: PyTree = None,
+    sharding="context",
 ) -> FunctionTask:
     """A task from your own fitness function (to MAXIMISE).
 
@@ -233,6 +251,9 @@ def from_function(
     frozen weights, the ES's θ₀). With ``data`` given, every function takes it as its FIRST argument
     (``fitness(data, params)`` …) and it is passed as a traced argument instead of a compiled constant.
     Masked populations (GA) reach the function with the masks applied (pruned weights exactly 0).
+    ``sharding`` (``"context"``: :func:`es_lottery.distributed.use_devices`'s setting): when set, the
+    population is evaluated in member blocks over its devices — a batched function then sees one block of
+    members at a time (with the same key), so it must score members independently of each other.
     """
     if not callable(fitness):
         raise TypeError(
@@ -251,4 +272,5 @@ def from_function(
         eval_fn=None if evaluate is None else wrap(evaluate),
         params_fn=init_params,
         score_key=score_key,
+        sharding=distributed.resolve_sharding(sharding),
     )

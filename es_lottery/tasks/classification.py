@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from es_lottery import distributed, networks, population
 from es_lottery import masks as masks_lib
-from es_lottery import networks, population
 from es_lottery._checks import check_int
 from es_lottery.tasks import base, supervised
 
@@ -438,6 +438,11 @@ class ClassificationTask(base.TaskBase):
     of a population. ``chunk_size`` is the data chunk of the population kernels (``"auto"``, an int, None);
     ``eval_widest`` overrides the layer width the "auto" rule assumes in ``evaluate_members`` (the
     strong-ticket tables were computed with 256).
+
+    ``sharding`` (static; :mod:`es_lottery.distributed`): None evaluates a population in one kernel call;
+    a :class:`~es_lottery.distributed.PopulationSharding` evaluates it in ``sharding.block_size(P)``-member
+    blocks over its devices (``fitness_metrics``, ``evaluate_members`` and ``train_members``), with the
+    data chunk planned for the whole population, so the results do not depend on the device count.
     """
 
     data: dict
@@ -452,6 +457,7 @@ class ClassificationTask(base.TaskBase):
     eval_metrics: tuple[str, ...] = struct.field(pytree_node=False, default=("accuracy", "cross_entropy"))
     eval_widest: int | None = struct.field(pytree_node=False, default=None)
     score_key: str = struct.field(pytree_node=False, default="accuracy")
+    sharding: distributed.PopulationSharding | None = struct.field(pytree_node=False, default=None)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -476,21 +482,41 @@ class ClassificationTask(base.TaskBase):
 
     # -- population metrics -------------------------------------------------------------------
 
-    def _kernel_metrics(self, members, x, y, metrics, widest=None):
+    def _kernel_metrics(self, members, x, y, metrics, widest=None, shard=True):
         npop = base.members_size(members)
+        sharding = self.sharding if shard else None
         if isinstance(members, base.MaskedPopulation) and members.shared:
             table = population.table_path_applies(self.module)
             w = population.widest_layer(members.params) if widest is None else widest
             chunk = population.plan_chunk(
                 self.module, npop, x.shape[0], self.chunk_size, widest=w, table=table and widest is None
             )
-            return population.eval_masks_jit(
-                self.module, members.params, members.masks, x, y, metrics, chunk, table
-            )
+            if sharding is None:
+                return population.eval_masks_jit(
+                    self.module, members.params, members.masks, x, y, metrics, chunk, table
+                )
+
+            def masks_block(masks, live, shared):
+                params, xs, ys = shared
+                out = population.eval_masks_jit(self.module, params, masks, xs, ys, metrics, chunk, table)
+                return out, None
+
+            return distributed.map_blocks(masks_block, members.masks, (members.params, x, y), sharding)[0]
         params = self._params(members)
         w = population.widest_layer(params) if widest is None else widest
+        # planned for the whole population: every block (and every device count) uses the same chunk
         chunk = population.plan_chunk(self.module, npop, x.shape[0], self.chunk_size, widest=w)
-        return population.eval_params_jit(self.module, params, x, y, metrics, chunk)
+        if sharding is None:
+            return population.eval_params_jit(self.module, params, x, y, metrics, chunk)
+
+        def params_block(member_params, live, shared):
+            xs, ys = shared
+            return population.eval_params_jit(self.module, member_params, xs, ys, metrics, chunk), None
+
+        # blocks in whole CNN member blocks: then a sharded evaluation equals the unsharded one
+        multiple = population.member_block_multiple(self.module, min(chunk, x.shape[0]))
+        block = -(-sharding.block_size(npop) // multiple) * multiple
+        return distributed.map_blocks(params_block, params, (x, y), sharding, block)[0]
 
     @staticmethod
     def _params(members):
@@ -502,7 +528,15 @@ class ClassificationTask(base.TaskBase):
 
     def _log_loss(self, members, x, y):
         chunk = x.shape[0] if self.chunk_size in (None, "auto") else int(self.chunk_size)
-        loss, acc = supervised.population_loss(self.module, self._params(members), x, y, chunk)
+        params = self._params(members)
+        if self.sharding is None:
+            loss, acc = supervised.population_loss(self.module, params, x, y, chunk)
+        else:
+
+            def block(member_params, live, shared):
+                return supervised.population_loss(self.module, member_params, *shared, chunk), None
+
+            (loss, acc), _ = distributed.map_blocks(block, params, (x, y), self.sharding)
         return {"log_loss": loss, "accuracy": acc}
 
     def fitness_metrics(self, state, key, members):
@@ -518,7 +552,7 @@ class ClassificationTask(base.TaskBase):
     def evaluate(self, state, params):
         member = jax.tree_util.tree_map(lambda a: a[None], params)
         x, y = self.split(self.eval_split)
-        out = self._kernel_metrics(member, x, y, ("accuracy", "cross_entropy"))
+        out = self._kernel_metrics(member, x, y, ("accuracy", "cross_entropy"), shard=False)  # one network
         return {k: v[0] for k, v in out.items()}
 
     def evaluate_members(self, state, members):
@@ -533,8 +567,19 @@ class ClassificationTask(base.TaskBase):
         """Masked SGD of every member on the train split (``supervised.train_population``): the trained
         per-member params (pruned entries exactly 0)."""
         x, y = self.split("train")
-        trained, _ = supervised.train_population(
-            key, members.params, members.masks, x, y, self.module, config
+        if self.sharding is None:
+            trained, _ = supervised.train_population(
+                key, members.params, members.masks, x, y, self.module, config
+            )
+            return trained
+
+        def block(genomes, live, shared):
+            k, xs, ys = shared
+            params, masks = genomes
+            return supervised.train_population(k, params, masks, xs, ys, self.module, config)[0], None
+
+        trained, _ = distributed.map_blocks(
+            block, (members.params, members.masks), (key, x, y), self.sharding
         )
         return trained
 
@@ -552,6 +597,7 @@ def make_task(
     eval_metrics: Iterable[str] = ("accuracy", "cross_entropy"),
     eval_widest: int | None = None,
     num_classes: int | None = None,
+    sharding="context",
     **arrays,
 ) -> ClassificationTask:
     """Validate and package a :class:`ClassificationTask` (see its doc), before anything compiles.
@@ -559,6 +605,8 @@ def make_task(
     The data come as a :class:`Dataset` (train/test), a mapping ``{"x_train": …, "y_train": …, …}``, or
     keyword arrays (``x_train=…, y_train=…, x_val=…, y_val=…, x_test=…, y_test=…``). Labels must be integers
     in ``0 … outputs − 1`` (a 1-output network is a binary classifier on its logit: labels 0/1).
+    ``sharding``: ``"context"`` (default) takes :func:`es_lottery.distributed.use_devices`'s setting (None
+    outside it), or pass None / a ``PopulationSharding``.
     """
     from es_lottery._checks import check_choice
 
@@ -624,6 +672,7 @@ def make_task(
         eval_metrics=tuple(eval_metrics),
         eval_widest=eval_widest,
         score_key="accuracy",
+        sharding=distributed.resolve_sharding(sharding),
     )
 
 

@@ -139,7 +139,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from es_lottery import networks
+from es_lottery import distributed, networks
 from es_lottery._checks import check_bool, check_choice, check_int, check_number, is_number
 from es_lottery.tasks.base import TaskBase, member_params, members_size
 
@@ -968,48 +968,27 @@ def rollout_keys(key: jax.Array, num_members: int, num_rollouts: int, common: bo
     return jax.random.split(key, (num_members, num_rollouts))
 
 
-def population_rollouts(
+def _block_runner(
     env: Env,
     policy: nn.Module,
     action_mode: str,
-    params: PyTree,
-    keys: jax.Array,
     horizon: int,
     stats: ObsStats,
-    normalize_obs: bool = True,
-    obs_clip: float | None = DEFAULT_OBS_CLIP,
-    common: bool = False,
-    member_block: int | None = None,
-) -> RolloutResult:
-    """Members × episodes, jittable (every argument but ``params``, ``keys`` and ``stats`` static).
-
-    ``params``: per-member weights, leading axis P; ``keys``: ``(P, R)`` from :func:`rollout_keys` — with
-    ``common=True`` only row 0 is read (every member gets the same episodes). ``stats``: the frozen
-    normaliser; the batch statistics come back in ``obs_batch``. ``member_block``: members per block (the
-    blocks run one after another, each in its own time loop, so a block's weights stay in cache; None =
-    all members in one block). Results do not depend on it.
-    """
-    num_members, num_rollouts = keys.shape
-    block = num_members if member_block is None else max(1, min(int(member_block), num_members))
-    num_blocks = -(-num_members // block)
-    pad = num_blocks * block - num_members
+    normalize_obs: bool,
+    obs_clip: float | None,
+    common: bool,
+    block: int,
+    num_rollouts: int,
+    common_keys: jax.Array | None,
+):
+    """``run_block((params, keys, live)) -> (returns, lengths, nonfinite, n, Σ(x − c), Σ(x − c)²)`` of one
+    block of ``block`` members (see :func:`population_rollouts`); ``common_keys`` (R,) with ``common``."""
     split = jax.vmap(lambda k: jax.random.split(k))
     shift = stats.mean
     inv_std = inverse_std(stats)
-
-    def padded(x):  # (P, ...) -> (num_blocks, block, ...), padding rows copy row 0
-        if pad:
-            x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, *x.shape[1:]))])
-        return x.reshape(num_blocks, block, *x.shape[1:])
-
-    real = (jnp.arange(num_blocks * block) < num_members).reshape(num_blocks, block) if pad else None
-    params_b = jax.tree_util.tree_map(padded, params)
     if common:
-        kk = split(keys[0])  # (R, 2)
+        kk = split(common_keys)  # (R, 2)
         common_reset, common_run = kk[:, 0], kk[:, 1]
-        keys_b = None
-    else:
-        keys_b = padded(keys)
 
     def run_block(args):
         p, k, live = args
@@ -1077,6 +1056,74 @@ def population_rollouts(
         sums = (jnp.sum(c["n"]), jnp.sum(c["s1"], axis=(0, 1)), jnp.sum(c["s2"], axis=(0, 1)))
         return c["ret"], c["len"], c["bad"], *sums
 
+    return run_block
+
+
+def _rollout_result(stats: ObsStats, ret, length, bad, n, s1, s2) -> RolloutResult:
+    """Per-member results and the per-block sums ``n (blocks,)``, ``s1, s2 (blocks, obs)`` → result."""
+    n, s1, s2 = jnp.sum(n), jnp.sum(s1, axis=0), jnp.sum(s2, axis=0)
+    safe = jnp.maximum(n, 1.0)
+    shift = stats.mean
+    batch = ObsStats(count=n, mean=shift + s1 / safe, m2=jnp.maximum(s2 - s1 * s1 / safe, 0.0))
+    return RolloutResult(returns=ret, lengths=length, nonfinite=bad, obs_batch=batch)
+
+
+def population_rollouts(
+    env: Env,
+    policy: nn.Module,
+    action_mode: str,
+    params: PyTree,
+    keys: jax.Array,
+    horizon: int,
+    stats: ObsStats,
+    normalize_obs: bool = True,
+    obs_clip: float | None = DEFAULT_OBS_CLIP,
+    common: bool = False,
+    member_block: int | None = None,
+    sharding: distributed.PopulationSharding | None = None,
+) -> RolloutResult:
+    """Members × episodes, jittable (every argument but ``params``, ``keys`` and ``stats`` static).
+
+    ``params``: per-member weights, leading axis P; ``keys``: ``(P, R)`` from :func:`rollout_keys` — with
+    ``common=True`` only row 0 is read (every member gets the same episodes). ``stats``: the frozen
+    normaliser; the batch statistics come back in ``obs_batch``. ``member_block``: members per block (the
+    blocks run one after another, each in its own time loop, so a block's weights stay in cache; None =
+    all members in one block). Results do not depend on it.
+
+    ``sharding`` (:mod:`es_lottery.distributed`): the same blocks spread over its devices
+    (``distributed.map_blocks``), the per-block observation sums combined in block order as here — so a
+    sharded rollout returns exactly the numbers of an unsharded one with the same ``member_block``.
+    """
+    num_members, num_rollouts = keys.shape
+    block = num_members if member_block is None else max(1, min(int(member_block), num_members))
+    num_blocks = -(-num_members // block)
+    pad = num_blocks * block - num_members
+    settings = (env, policy, action_mode, horizon)
+    flags = (normalize_obs, obs_clip, common, block, num_rollouts)
+    if sharding is not None:
+
+        def sharded_block(members, live, shared):
+            p, k = members
+            run_block = _block_runner(*settings, shared[0], *flags, shared[1])
+            ret, length, bad, n, s1, s2 = run_block((p, None if common else k, live))
+            return (ret, length, bad), (n, s1, s2)
+
+        common_keys = keys[0] if common else None
+        (ret, length, bad), sums = distributed.map_blocks(
+            sharded_block, (params, keys), (stats, common_keys), sharding, block
+        )
+        return _rollout_result(stats, ret, length, bad, *sums)
+    run_block = _block_runner(*settings, stats, *flags, keys[0] if common else None)
+
+    def padded(x):  # (P, ...) -> (num_blocks, block, ...), padding rows copy row 0
+        if pad:
+            x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, *x.shape[1:]))])
+        return x.reshape(num_blocks, block, *x.shape[1:])
+
+    real = (jnp.arange(num_blocks * block) < num_members).reshape(num_blocks, block) if pad else None
+    params_b = jax.tree_util.tree_map(padded, params)
+    keys_b = None if common else padded(keys)
+
     if num_blocks == 1:
         first = jax.tree_util.tree_map(lambda x: x[0], (params_b, keys_b, real))
         out = jax.tree_util.tree_map(lambda x: x[None], run_block(first))
@@ -1084,10 +1131,7 @@ def population_rollouts(
         out = jax.lax.map(run_block, (params_b, keys_b, real))
     ret, length, bad, n, s1, s2 = out
     ret, length, bad = (x.reshape(num_blocks * block, num_rollouts)[:num_members] for x in (ret, length, bad))
-    n, s1, s2 = jnp.sum(n), jnp.sum(s1, axis=0), jnp.sum(s2, axis=0)
-    safe = jnp.maximum(n, 1.0)
-    batch = ObsStats(count=n, mean=shift + s1 / safe, m2=jnp.maximum(s2 - s1 * s1 / safe, 0.0))
-    return RolloutResult(returns=ret, lengths=length, nonfinite=bad, obs_batch=batch)
+    return _rollout_result(stats, ret, length, bad, n, s1, s2)
 
 
 BLOCK_ENVS = 64  # gymnax auto block: members per block × episodes per member ≈ this
@@ -1124,6 +1168,11 @@ class ControlTask(TaskBase):
     :func:`control_task_from_config`). Every field is static; the state is an :class:`ObsStats`.
 
     ``episode_length`` is the horizon actually used: the requested length capped by ``env.max_steps``.
+
+    ``sharding`` (:mod:`es_lottery.distributed`): rollouts run their member blocks (:meth:`block_for`)
+    over the sharding's devices — the same blocks, so the same numbers as unsharded, as long as a block
+    is smaller than the population (gymnax: 8 members at 8 rollouts); where one block would hold every
+    member (Brax's default) the sharded block is ``sharding.block_size(P)``.
     """
 
     env: Env = struct.field(pytree_node=False)
@@ -1138,17 +1187,24 @@ class ControlTask(TaskBase):
     eval_seed: int = struct.field(pytree_node=False, default=0)
     member_block: int | None = struct.field(pytree_node=False, default=None)
     score_key: str = struct.field(pytree_node=False, default="return")
+    sharding: distributed.PopulationSharding | None = struct.field(pytree_node=False, default=None)
 
     @property
     def module(self) -> nn.Module:
         """The policy network (the name every task that owns a network uses)."""
         return self.policy
 
-    def block_for(self, num_members: int, num_rollouts: int) -> int:
-        """Members per block of :func:`population_rollouts` (``member_block``, or :func:`auto_block`)."""
+    def block_for(self, num_members: int, num_rollouts: int, sharded: bool = False) -> int:
+        """Members per block of :func:`population_rollouts` (``member_block``, or :func:`auto_block`);
+        ``sharded`` (with a ``sharding``): a block that would hold every member is split into
+        ``sharding.block_size(P)``."""
         if self.member_block is not None:
-            return min(self.member_block, num_members)
-        return auto_block(self.env, num_members, num_rollouts)
+            block = min(self.member_block, num_members)
+        else:
+            block = auto_block(self.env, num_members, num_rollouts)
+        if sharded and self.sharding is not None and block >= num_members:
+            block = self.sharding.block_size(num_members)
+        return block
 
     # -- protocol ------------------------------------------------------------------------------
 
@@ -1162,12 +1218,14 @@ class ControlTask(TaskBase):
         return networks.init_params(key, self.policy)
 
     def rollouts(
-        self, state: ObsStats, key: jax.Array, members, num_rollouts: int, common: bool
+        self, state: ObsStats, key: jax.Array, members, num_rollouts: int, common: bool, shard: bool = True
     ) -> RolloutResult:
         """``num_rollouts`` episodes of every member (``members``: params with a leading P axis or a
-        :class:`MaskedPopulation`) under the frozen normaliser ``state``."""
+        :class:`MaskedPopulation`) under the frozen normaliser ``state``; over the task's ``sharding``
+        unless ``shard=False``."""
         params = member_params(members)
         keys = rollout_keys(key, members_size(members), num_rollouts, common)
+        sharding = self.sharding if shard else None
         return population_rollouts(
             self.env,
             self.policy,
@@ -1179,7 +1237,8 @@ class ControlTask(TaskBase):
             self.normalize_obs,
             self.obs_clip,
             common,
-            self.block_for(members_size(members), num_rollouts),
+            self.block_for(members_size(members), num_rollouts, sharding is not None),
+            sharding,
         )
 
     def fitness_metrics(self, state: ObsStats, key: jax.Array, members):
@@ -1229,7 +1288,7 @@ class ControlTask(TaskBase):
         normaliser frozen: ``return`` (mean; −inf if an episode went non-finite), ``return_std`` /
         ``return_min`` / ``return_max`` (over the finite episodes), ``episode_length``, ``nonfinite``."""
         one = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], params)
-        res = self.rollouts(state, self.eval_key, one, self.test_episodes, True)
+        res = self.rollouts(state, self.eval_key, one, self.test_episodes, True, shard=False)  # one network
         return {k: v[0] for k, v in self._test_metrics(res).items()}
 
     def evaluate_members(self, state: ObsStats, members) -> dict:
@@ -1290,6 +1349,7 @@ def make_control_task(
     obs_clip: float | None = DEFAULT_OBS_CLIP,
     eval_seed: int = 0,
     member_block: int | None = None,
+    sharding="context",
 ) -> ControlTask:
     """A :class:`ControlTask` with the paper's defaults (episode length 500 capped by the env's limit,
     8 training rollouts per member, 64 test episodes, observation normalisation, 2×32 tanh hidden layers —
@@ -1298,7 +1358,9 @@ def make_control_task(
     ``env``: a name (with ``backend``/``overrides``/``mass_scale`` as in :func:`make_env`) or an
     :class:`Env`. ``policy``: an explicit ``networks.MLP`` instead of ``hidden``/``activation``/
     ``weight_init``; its input and output sizes must fit the env. Everything is checked before any
-    compile; each bad value is a ``ValueError`` naming the field and what it accepts.
+    compile; each bad value is a ``ValueError`` naming the field and what it accepts. ``sharding``:
+    ``"context"`` (default: :func:`es_lottery.distributed.use_devices`'s setting), None or a
+    ``PopulationSharding``.
     """
     if isinstance(env, Env):
         if backend is not None or overrides is not None or mass_scale is not None:
@@ -1336,6 +1398,7 @@ def make_control_task(
         obs_clip=clip,
         eval_seed=check_int(eval_seed, "eval_seed", 0),
         member_block=check_int(member_block, "member_block", 1, allow_none=True),
+        sharding=distributed.resolve_sharding(sharding),
     )
 
 
