@@ -37,6 +37,9 @@ PPO = {
 }
 
 
+CFG = {"any": "config"}
+
+
 def row(criterion, seed, level, ret, density=None):
     return {
         "criterion": criterion,
@@ -52,29 +55,31 @@ def test_merge_keeps_archived_rows_and_lets_the_store_win(tmp_path):
     exp = imp.parse_config(copy.deepcopy(ES))
     jobs = {"magnitude": "imp/A/seed_*/magnitude", "random_reinit": "imp/A/seed_*/random_reinit"}
     first = [row("magnitude", 0, 0, 10.0), row("magnitude", 0, 1, 9.0)]
-    page.merge_levels(tmp_path, exp, first, jobs)
+    archive.merge_levels(tmp_path, exp.name, CFG, first, jobs)
     stored = (tmp_path / "tiny_es_cpu.levels.jsonl.gz").read_bytes()
     # the same rows again: nothing rewritten, same bytes
-    assert page.merge_levels(tmp_path, exp, first, jobs) == sorted(
+    assert archive.merge_levels(tmp_path, exp.name, CFG, first, jobs) == sorted(
         first, key=lambda r: (r["criterion"], r["seed"], r["level"])
     )
     assert (tmp_path / "tiny_es_cpu.levels.jsonl.gz").read_bytes() == stored
     # a later store holds only seed 1 (e.g. a fresh machine): the archived seed 0 stays, the store's win
-    out = page.merge_levels(tmp_path, exp, [row("magnitude", 1, 0, 7.0), row("magnitude", 0, 1, 8.0)], jobs)
+    out = archive.merge_levels(
+        tmp_path, exp.name, CFG, [row("magnitude", 1, 0, 7.0), row("magnitude", 0, 1, 8.0)], jobs
+    )
     assert [(r["seed"], r["level"], r["test_return"]) for r in out] == [
         (0, 0, 10.0),
         (0, 1, 8.0),
         (1, 0, 7.0),
     ]
     # magnitude's settings changed (another store directory): its archived rows go, random_reinit's stay
-    page.merge_levels(tmp_path, exp, [row("random_reinit", 0, 0, 3.0)], jobs)
+    archive.merge_levels(tmp_path, exp.name, CFG, [row("random_reinit", 0, 0, 3.0)], jobs)
     moved = {**jobs, "magnitude": "imp/B/seed_*/magnitude"}
-    out = page.merge_levels(tmp_path, exp, [row("magnitude", 0, 0, 1.0)], moved)
+    out = archive.merge_levels(tmp_path, exp.name, CFG, [row("magnitude", 0, 0, 1.0)], moved)
     assert [(r["criterion"], r["seed"], r["level"], r["test_return"]) for r in out] == [
         ("magnitude", 0, 0, 1.0),
         ("random_reinit", 0, 0, 3.0),
     ]
-    meta, rows = page.read_levels(tmp_path, "tiny_es_cpu")
+    meta, rows = archive.read_levels(tmp_path, "tiny_es_cpu")
     assert meta["jobs"]["magnitude"] == "imp/B/seed_*/magnitude" and rows == out
 
 
@@ -108,8 +113,8 @@ def test_page_from_the_archive_alone(tmp_path):
     data = tmp_path / "data"
     es_rows = [row("magnitude", s, k, [100.0, 90.0, 20.0][k] + s) for s in (0, 1) for k in range(3)]
     es_rows += [row("random_reinit", 0, 0, 100.0)]  # one seed of two, one level
-    page.merge_levels(data, es, es_rows, {"magnitude": "a", "random_reinit": "b"})
-    page.merge_levels(data, ppo, [row("magnitude", 0, 0, 50.0)], {"magnitude": "c"})
+    archive.merge_levels(data, es.name, CFG, es_rows, {"magnitude": "a", "random_reinit": "b"})
+    archive.merge_levels(data, ppo.name, CFG, [row("magnitude", 0, 0, 50.0)], {"magnitude": "c"})
     out = tmp_path / "page.md"
     text = page.build_page([ppo, es], data, out, "the command", references={"CartPole-v1": 10.0})
     # ES magnitude, level 1: seeds 90 and 91 → 90.5 ± std(ddof=1)/√2 = 0.5

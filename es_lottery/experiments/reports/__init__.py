@@ -4,7 +4,8 @@
   ``docs/results/slt/data/``.
 * :mod:`.nets` — ``docs/results/nets.md`` (NeTS, Jackson et al.); per-seed archive in
   ``docs/results/nets/data/``.
-* :mod:`.es_imp` — ``docs/results/es_imp.md`` (ES lottery tickets, Lange & Sprekeler).
+* :mod:`.es_imp` — ``docs/results/es_imp.md`` (ES lottery tickets, Lange & Sprekeler); per-level archive in
+  ``docs/results/es_imp/data/``.
 * :mod:`.es_imp_control` — ``docs/results/es_imp_control.md`` (ES and PPO tickets on control tasks);
   per-level archive in ``docs/results/es_imp_control/data/``.
 
@@ -46,7 +47,7 @@ def add_arguments(page: str, parser: argparse.ArgumentParser) -> None:
             type=Path,
             help="the configs of the page's runs",
         )
-    if page in ("slt", "nets", "es_imp_control"):
+    if page in ("slt", "nets", "es_imp", "es_imp_control"):
         parser.add_argument(
             "--data",
             default=None,

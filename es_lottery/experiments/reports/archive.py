@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["from_store", "merge", "read", "read_jsonl", "write_jsonl"]
+__all__ = ["from_store", "merge", "merge_levels", "read", "read_jsonl", "read_levels", "write_jsonl"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -121,3 +121,46 @@ def from_store(
         exp = load(config)
     rows, metrics, jobs = collect(exp, runs)
     return (exp, rows, metrics, jobs) if rows else None
+
+
+# ----------------------------------------------------------------------------------------------
+# per-level archives of pruning runs (``<name>.levels.jsonl.gz`` + ``<name>.run.json``)
+
+LEVELS_FILE = "{name}.levels.jsonl.gz"
+RUN_FILE = "{name}.run.json"
+
+
+def merge_levels(data: Path, name: str, config: dict, rows: list[dict], jobs: dict[str, str]) -> list[dict]:
+    """The archived level rows of the pruning config ``name`` (one per criterion × seed × level) with the
+    store's ``rows`` merged in — the store's win, archived rows the store no longer has are kept, and a
+    criterion whose store directory differs from the archived one (its settings changed) has its archived
+    rows dropped; written back only when anything changed (same rows, same bytes). ``jobs``: criterion →
+    its store directory (below the store's root)."""
+    run_path = data / RUN_FILE.format(name=name)
+    lev_path = data / LEVELS_FILE.format(name=name)
+    meta = json.loads(run_path.read_text()) if run_path.exists() else {}
+    old = read_jsonl(lev_path)
+    archived = meta.get("jobs", {})
+    stale = {c for c, d in archived.items() if c in jobs and jobs[c] != d}
+
+    def key(r: dict):
+        return r["criterion"], r["seed"], r["level"]
+
+    merged = {key(r): r for r in old if r["criterion"] not in stale}
+    merged.update({key(r): r for r in rows})
+    out = sorted(merged.values(), key=key)
+    new_meta = {"config": config, "jobs": {**archived, **jobs}}
+    if out != old or new_meta != meta:
+        if stale:
+            print(f"{name}: archived rows of {', '.join(sorted(stale))} replaced (their settings changed)")
+        data.mkdir(parents=True, exist_ok=True)
+        run_path.write_text(json.dumps(new_meta, indent=1, sort_keys=True) + "\n")
+        write_jsonl(lev_path, out)
+    return out
+
+
+def read_levels(data: Path, name: str) -> tuple[dict | None, list[dict]]:
+    """(``run.json`` or None, the level rows) of the per-level archive of ``name`` in ``data``."""
+    run_path = data / RUN_FILE.format(name=name)
+    meta = json.loads(run_path.read_text()) if run_path.exists() else None
+    return meta, read_jsonl(data / LEVELS_FILE.format(name=name))

@@ -26,7 +26,6 @@ lists the sparsest such level, how many finished levels keep it, and the first l
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import warnings
 from collections import defaultdict
@@ -51,44 +50,12 @@ PAPER = {
     },
 }
 KEEP_FRACTION = 0.9  # a curve keeps its return while it recovers ≥ 90 % of the dense gain over no-skill
-LEVELS_FILE = "{name}.levels.jsonl.gz"
-RUN_FILE = "{name}.run.json"
 
-__all__ = ["PAPER", "build_page", "control_configs", "kept_levels", "main", "merge_levels", "no_skill_return"]
+__all__ = ["PAPER", "build_page", "control_configs", "kept_levels", "main", "no_skill_return"]
 
 
 # ----------------------------------------------------------------------------------------------
-# the archive
-
-
-def merge_levels(data: Path, exp: imp.IMPExperiment, rows: list[dict], jobs: dict[str, str]) -> list[dict]:
-    """The archived level rows of ``exp`` with the store's ``rows`` merged in (the store's win; a criterion
-    whose store directory differs from the archived one has its archived rows dropped); written back when
-    anything changed. ``jobs``: criterion → its store directory (below the store's root)."""
-    run_path = data / RUN_FILE.format(name=exp.name)
-    lev_path = data / LEVELS_FILE.format(name=exp.name)
-    meta = json.loads(run_path.read_text()) if run_path.exists() else {}
-    old = archive.read_jsonl(lev_path)
-    archived = meta.get("jobs", {})
-    stale = {c for c, d in archived.items() if c in jobs and jobs[c] != d}
-    merged = {(r["criterion"], r["seed"], r["level"]): r for r in old if r["criterion"] not in stale}
-    merged.update({(r["criterion"], r["seed"], r["level"]): r for r in rows})
-    out = sorted(merged.values(), key=lambda r: (r["criterion"], r["seed"], r["level"]))
-    new_meta = {"config": config_lib.to_dict(exp), "jobs": {**archived, **jobs}}
-    if out != old or new_meta != meta:
-        if stale:
-            what = ", ".join(sorted(stale))
-            print(f"{exp.name}: archived rows of {what} replaced (their settings changed)")
-        data.mkdir(parents=True, exist_ok=True)
-        run_path.write_text(json.dumps(new_meta, indent=1, sort_keys=True) + "\n")
-        archive.write_jsonl(lev_path, out)
-    return out
-
-
-def read_levels(data: Path, name: str) -> tuple[dict | None, list[dict]]:
-    run_path = data / RUN_FILE.format(name=name)
-    meta = json.loads(run_path.read_text()) if run_path.exists() else None
-    return meta, archive.read_jsonl(data / LEVELS_FILE.format(name=name))
+# the store
 
 
 def store_rows(runs: Path, exp: imp.IMPExperiment) -> tuple[list[dict], dict[str, str]]:
@@ -231,7 +198,7 @@ def build_page(
         "|---|---|---|",
     ]
     for exp in exps:
-        _, rows = read_levels(data, exp.name)
+        _, rows = archive.read_levels(data, exp.name)
         rows = [r for r in rows if r["seed"] < exp.seeds and r["level"] < exp.num_levels]
         expected = exp.seeds * exp.num_levels * len(exp.criteria)
         lines.append(f"| `configs/imp/{exp.name}.yaml` | {describe(exp)} | {len(rows)}/{expected} |")
@@ -316,7 +283,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     for exp in exps:
         rows, jobs = store_rows(args.runs, exp)
         if rows:
-            merge_levels(data, exp, rows, jobs)
+            archive.merge_levels(data, exp.name, config_lib.to_dict(exp), rows, jobs)
     text = build_page(exps, data, out, f"es-lottery report es_imp_control --runs {args.runs} --out {out}")
     if args.discussion is not None and args.discussion.exists():
         text += "\n" + args.discussion.read_text()
