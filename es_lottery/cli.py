@@ -14,6 +14,9 @@
                                       old-layout run directories and committed archives into the run store.
 ``es-lottery report {slt,nets,es_imp} [--runs DIR] [--out FILE] …``
                                       rebuild a committed results page (``docs/results/*.md``).
+``es-lottery transfer SOURCE_RUN --to CONFIG [--criterion C] [--seeds S …] [--out DIR]``
+                                      retrain a finished IMP run's tickets in another setting (data, ES, GD).
+``es-lottery report RUN_DIR [RUN_DIR …] --out DIR``  Markdown + HTML page with every figure of the runs.
 
 Every experiment writes its jobs into the run store ``<out>/store/`` (``experiments.store``: one directory per
 job, keyed by the settings that change its result) and its view into ``<out>/<name>/``; re-running a config
@@ -193,12 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--out", default="runs", help="the output directory whose store receives them")
     migrate.set_defaults(func=cmd_migrate)
+    from es_lottery.experiments import analysis_cli
+
+    analysis_cli.add_transfer(sub)
     report = sub.add_parser("report", help="rebuild a committed results page (docs/results/*.md)")
-    pages = report.add_subparsers(dest="page", required=True)
+    pages = report.add_subparsers(dest="page", required=True, action=analysis_cli.PagesOrRunDirs)
     from es_lottery.experiments import reports
 
     for name, (what, _) in reports.PAGES.items():
         reports.add_arguments(name, pages.add_parser(name, help=what))
+    analysis_cli.register_report_pages(pages)
     report.set_defaults(func=cmd_report)
     return parser
 

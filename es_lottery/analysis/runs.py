@@ -159,6 +159,12 @@ class RunData:
         return np.asarray([[lv.density for lv in self.series(s, criterion)] for s in self.seeds])
 
     @property
+    def score(self) -> str:
+        """The name of a level's score in ``metrics.json``: ``test_accuracy`` (classification) or
+        ``test_return`` (control: a config with an ``env`` section)."""
+        return "test_return" if self.config.get("env") is not None else "test_accuracy"
+
+    @property
     def trainer_type(self) -> str:
         return str(self.config.get("trainer", {}).get("type", "es"))
 
@@ -175,6 +181,10 @@ MLP_ONLY = ("sizes", "hidden_activation", "output_activation")
 
 
 def _module(config: dict):
+    if config.get("env") is not None:  # a control run: the policy network of its env section
+        from es_lottery.tasks import control
+
+        return control.control_task_from_config(config["env"]).module
     spec = {k: v for k, v in (config.get("network") or {}).items() if v is not None}
     name = spec.pop("name", None)
     if name is None:
@@ -322,8 +332,9 @@ def load_run(
     try:
         like = params_like(config)
     except (ValueError, TypeError) as err:
+        field_name = "env" if config.get("env") is not None else "network"
         raise RunDirectoryError(
-            root, [f"config.yaml: field 'network' does not build a network ({err})"]
+            root, [f"config.yaml: field {field_name!r} does not build a network ({err})"]
         ) from None
     all_crit = [str(c) for c in config.get("criteria") or []]
     n_levels = int((config.get("imp") or {}).get("num_levels", 20))

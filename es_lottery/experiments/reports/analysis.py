@@ -27,7 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from es_lottery.experiments.reports.runs import Block, figure, h, p, run_blocks, table, to_html, to_markdown
+from es_lottery.experiments.reports.runs import (
+    Block,
+    _rel,
+    figure,
+    h,
+    p,
+    run_blocks,
+    table,
+    to_html,
+    to_markdown,
+)
 
 __all__ = ["build_page", "load_archives", "main"]
 
@@ -97,7 +107,7 @@ def transfer_blocks(runs: dict[str, Any], fig_dir: Path) -> tuple[list[Block], l
         if native is not None:
             for c in native.criteria:
                 series[f"target's own: {c}"] = (native.densities(c), native.metric(c, score))
-            own = "snr" if "snr" in native.criteria else (crit if crit in native.criteria else None)
+            own = next((c for c in ("snr", crit, "magnitude") if c in native.criteria), None)
             nat_ticket = _last(native.metric(own, score)) if own else math.nan
             rnd = (
                 _last(native.metric("random_reinit", score))
@@ -211,7 +221,7 @@ def build_page(data: Path, out: Path, connectivity: bool = False, curvature: boo
         p(
             f"Generated {date.today().isoformat()} by `es-lottery report analysis` from the committed "
             "archives in "
-            f"`{data}`: "
+            f"`{_rel(data, out.parent)}`: "
             + ", ".join(f"`{n}`" for n in runs)
             + ". F-MNIST is not available offline here; task "
             "transfer uses same-shape offline pairs (e.g. digit classes 0–4 → 5–9)."
