@@ -10,6 +10,9 @@
                                       re-running skips finished levels and resumes an ES level mid-way.
 ``es-lottery nets [CONFIG] [--seeds N] [--out DIR]``
                                       Neuroevolution Ticket Search vs IMP vs random (``configs/nets/*.yaml``).
+``es-lottery sweep CONFIG --grid KEY=V1,V2 … [--executor {local,slurm}] [--slurm KEY=VALUE …]``
+                                      one job per grid point through submitit, one summary; finished jobs
+                                      are skipped when submitted again (``es_lottery.sweep``).
 ``es-lottery migrate [PATH …] [--out DIR]``
                                       old-layout run directories and committed archives into the run store.
 ``es-lottery report {slt,nets,es_imp} [--runs DIR] [--out FILE] …``
@@ -20,7 +23,9 @@
 
 Every experiment writes its jobs into the run store ``<out>/store/`` (``experiments.store``: one directory per
 job, keyed by the settings that change its result) and its view into ``<out>/<name>/``; re-running a config
-runs only what is missing.
+runs only what is missing. ``slt``, ``imp`` and ``nets`` take ``--devices N|all`` (populations over N
+devices, the same numbers for every N; ``--devices 2`` uses both cores of a 2-core CPU) and
+``--distributed [HOST:PORT,NUM_PROCESSES,PROCESS_ID]`` (``jax.distributed``; only process 0 writes).
 """
 
 from __future__ import annotations
@@ -89,37 +94,97 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def cmd_slt(args: argparse.Namespace, console: Console) -> int:
-    from es_lottery.experiments import slt
+def _placement(args: argparse.Namespace, console: Console):
+    """``--devices`` / ``--distributed`` (``distributed.command_session``): yields ``(out, console)`` for
+    this process — on every process but process 0 of a ``--distributed`` run a scratch copy and a silent
+    console, so only process 0 writes. Neither flag is part of any config or job key."""
+    from es_lottery import distributed
 
-    exp = slt.load_config(args.config, seeds=args.seeds)
-    path = slt.run_experiment(
-        exp,
-        out=args.out,
-        console=console,
-        only=args.only,
-        checkpoint_seconds=args.checkpoint_seconds,
-        seed_chunk=args.seed_chunk,
+    return distributed.command_session(args.devices, args.distributed, args.out, console)
+
+
+def _add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--devices",
+        default=None,
+        metavar="N|all",
+        help="evaluate populations over N devices ('all': every device) in fixed member blocks: the same "
+        "numbers for every N. On a CPU, N host devices (one core each): --devices 2 uses both cores of a "
+        "2-core machine. Not part of any config or job key",
     )
-    console.print(f"run directory: {path}")
+    parser.add_argument(
+        "--distributed",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="HOST:PORT,NUM_PROCESSES,PROCESS_ID",
+        help="several processes / hosts through jax.distributed.initialize(): without a value the cluster is "
+        "detected (SLURM srun, Open MPI, …), otherwise the coordinator of process 0, the number of processes "
+        "and this process's id. Every process runs the command; only process 0 writes",
+    )
+
+
+def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    from es_lottery import distributed
+    from es_lottery import sweep as sweep_lib
+
+    result = sweep_lib.sweep(
+        args.config,
+        sweep_lib.parse_grid(args.grid or []),
+        kind=args.kind,
+        executor=args.executor,
+        out=args.out,
+        name=args.name,
+        seeds=args.seeds,
+        devices=distributed.parse_devices(args.devices),
+        slurm=sweep_lib.parse_options(args.slurm or []),
+        max_parallel=args.max_parallel,
+        wait=not args.no_wait,
+    )
+    console.print(result.markdown)
+    console.print(f"summary: {result.directory / 'summary.md'}")
+    failed = [j.name for j in result.jobs if j.status == "failed"]
+    if failed:
+        console.print(
+            f"[bold red]failed jobs:[/] {', '.join(failed)} (logs: {result.directory / 'submitit'})"
+        )
+    return 1 if failed else 0
+
+
+def cmd_slt(args: argparse.Namespace, console: Console) -> int:
+    with _placement(args, console) as (out, console):  # before JAX starts (evosax's import starts it)
+        from es_lottery.experiments import slt
+
+        exp = slt.load_config(args.config, seeds=args.seeds)
+        path = slt.run_experiment(
+            exp,
+            out=out,
+            console=console,
+            only=args.only,
+            checkpoint_seconds=args.checkpoint_seconds,
+            seed_chunk=args.seed_chunk,
+        )
+        console.print(f"run directory: {path}")
     return 0
 
 
 def cmd_imp(args: argparse.Namespace, console: Console) -> int:
-    from es_lottery.experiments import imp
+    with _placement(args, console) as (out, console):  # before JAX starts (evosax's import starts it)
+        from es_lottery.experiments import imp
 
-    exp = imp.load_config(args.config, seeds=args.seeds)
-    path = imp.run_experiment(exp, out=args.out, console=console)
-    console.print(f"run directory: {path}")
+        exp = imp.load_config(args.config, seeds=args.seeds)
+        path = imp.run_experiment(exp, out=out, console=console)
+        console.print(f"run directory: {path}")
     return 0
 
 
 def cmd_nets(args: argparse.Namespace, console: Console) -> int:
-    from es_lottery.experiments import nets
+    with _placement(args, console) as (out, console):  # before JAX starts (evosax's import starts it)
+        from es_lottery.experiments import nets
 
-    exp = nets.load_config(args.config, seeds=args.seeds)
-    path = nets.run_experiment(exp, out=args.out, console=console)
-    console.print(f"run directory: {path}")
+        exp = nets.load_config(args.config, seeds=args.seeds)
+        path = nets.run_experiment(exp, out=out, console=console)
+        console.print(f"run directory: {path}")
     return 0
 
 
@@ -170,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a GA job's seeds K at a time and record each chunk's results when it finishes, so a long "
         "job leaves finished seeds behind (same numbers; default: all seeds at once)",
     )
+    _add_placement_arguments(slt)
     slt.set_defaults(func=cmd_slt)
     imp = sub.add_parser(
         "imp", help="ES lottery tickets: iterative pruning with ES or GD (Lange & Sprekeler)"
@@ -177,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("config", help="YAML config (configs/imp/*.yaml)")
     imp.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
     imp.add_argument("--out", default="runs", help="output directory (default: runs/)")
+    _add_placement_arguments(imp)
     imp.set_defaults(func=cmd_imp)
     nets = sub.add_parser("nets", help="Neuroevolution Ticket Search (Jackson et al.)")
     nets.add_argument(
@@ -184,7 +251,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nets.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
     nets.add_argument("--out", default="runs", help="output directory (default: runs/)")
+    _add_placement_arguments(nets)
     nets.set_defaults(func=cmd_nets)
+    sweep = sub.add_parser(
+        "sweep", help="one job per grid point through submitit (local subprocesses or SLURM), one summary"
+    )
+    sweep.add_argument("config", help="YAML config of an slt, imp or nets experiment (configs/<kind>/*.yaml)")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2,…",
+        help="a dotted config key and its values (read as YAML), e.g. ga.population_size=50,100; repeatable: "
+        "the cartesian product",
+    )
+    sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
+    sweep.add_argument(
+        "--kind", choices=("slt", "imp", "nets"), default=None, help="default: the config's folder"
+    )
+    sweep.add_argument("--out", default="runs", help="output directory (default: runs/)")
+    sweep.add_argument("--name", default=None, help="the sweep's name (default: the config's name)")
+    sweep.add_argument("--seeds", type=int, default=None, help="number of seeds of every job")
+    sweep.add_argument(
+        "--devices", default=None, metavar="N|all", help="every job's --devices (not part of any job key)"
+    )
+    sweep.add_argument(
+        "--slurm",
+        action="append",
+        metavar="KEY=VALUE",
+        help="SLURM executor parameter (partition, nodes, tasks_per_node, gpus_per_node, cpus_per_task, "
+        "mem_gb, timeout_min, account, qos, constraint, exclusive, array_parallelism, setup, "
+        "additional_parameters); repeatable",
+    )
+    sweep.add_argument(
+        "--max-parallel", type=int, default=None, help="local executor: jobs at once (default 1)"
+    )
+    sweep.add_argument(
+        "--no-wait", action="store_true", help="return after submitting (call again to collect)"
+    )
+    sweep.set_defaults(func=cmd_sweep)
     migrate = sub.add_parser(
         "migrate", help="old-layout run directories (<name>-<hash>) and committed archives into the run store"
     )

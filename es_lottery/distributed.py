@@ -78,6 +78,7 @@ __all__ = [
     "PopulationSharding",
     "barrier",
     "cli_session",
+    "command_session",
     "configure",
     "current_sharding",
     "initialize",
@@ -525,3 +526,39 @@ def cli_session(devices: str | int | None = None, distributed: str | bool | None
     elif devices is not None:
         configure(devices=devices if isinstance(devices, int) else None)
     return use_devices(devices) if devices is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def command_session(
+    devices: str | int | None, distributed: str | bool | None, out: str | Path, console: Any = None
+) -> Iterator[tuple[Path, Any]]:
+    """One experiment command (``es-lottery slt|imp|nets``) with ``--devices`` / ``--distributed``.
+
+    Sets the process up (:func:`cli_session`, so call it before any JAX work) and yields ``(out, console)``
+    for THIS process: process 0 gets ``out`` and ``console`` unchanged; every other process of a
+    ``--distributed`` run gets a private scratch copy of ``out`` (:func:`process_output_dir`: it reads
+    the same finished jobs and checkpoints, so it runs the same computations the collectives need) and a
+    console that prints nothing, so that only process 0 writes run directories, the store and logs. The
+    scratch copy is removed afterwards; every process waits for the others before returning.
+    """
+    session = cli_session(devices, distributed)
+    multi = distributed is not None and distributed is not False and process_count() > 1
+    out = Path(out)
+    scratch = None
+    if multi and not is_primary():
+        import io
+
+        from rich.console import Console
+
+        scratch = process_output_dir(out)
+        out, console = scratch, Console(file=io.StringIO())
+    if multi:
+        barrier("es-lottery-command-copied")  # process 0 writes nothing before every copy is taken
+    try:
+        with session:
+            yield out, console
+        if multi:
+            barrier("es-lottery-command-done")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
