@@ -33,7 +33,8 @@ sys.path.insert(0, str(HERE))
 import _common as C  # noqa: E402
 
 # the order they run in (cheap first); anything else found in the directory runs after them
-ORDER = ("population_eval", "ga_generation", "es_generation", "rollouts", "landscape", "scaling", "ppo")
+# (scaling first: it holds the issue-18 goals)
+ORDER = ("scaling", "population_eval", "ga_generation", "es_generation", "rollouts", "landscape", "ppo")
 TIMEOUT_MIN = {"quick": 30, "full": 90}
 
 
@@ -247,7 +248,9 @@ def headline_rows(name: str, out: Path) -> list[dict]:
 def readme(
     out: Path, runs: list[dict], machine: dict, load: tuple, quick: bool, platform: str, wall: float
 ) -> str:
-    rows = [r for run in runs for r in headline_rows(run["name"], out)]
+    # every result file in the directory (earlier `--only` calls included), in the suite's order
+    names = [n for n in discover() if (out / f"{n}.json").is_file()]
+    rows = [r for name in names for r in headline_rows(name, out)]
     status = [
         {"benchmark": f"[{r['name']}]({r['name']}.md)", "status": r["status"], "wall": r["wall_s"]}
         for r in runs
@@ -255,12 +258,22 @@ def readme(
     lines = [
         "# Benchmark results" + (" (quick smoke pass)" if quick else ""),
         "",
-        f"`python -m benchmarks{' --quick' if quick else ''}` — {machine['time']}. "
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} CPU cores, {machine['memory_gb']} GB; "
-        f"jax {machine['jax']} on {platform} ({len(machine['devices'])} device(s)); "
-        f"load average (1/5/15 min) {load[0]} at start, {load[1]} at end — the machine is shared, so every "
-        "benchmark reports medians and measures its reference in the same run; each file says more. "
-        f"Total {wall / 60:.0f} min."
+        (
+            f"`python -m benchmarks{' --quick' if quick else ''}` — {machine['time']}. "
+            if runs
+            else f"Table rebuilt from the result files on {machine['time']} (`python -m benchmarks "
+            "--table-only`): each benchmark ran separately; its file gives the date and the load. "
+        )
+        + f"Machine: {machine['cpu']}, {machine['cpu_count']} CPU cores, {machine['memory_gb']} GB; "
+        f"jax {machine['jax']} on {platform} ({len(machine['devices'])} device(s) in this process). "
+        + (
+            f"load average (1/5/15 min) {load[0]} at start, {load[1]} at end, total {wall / 60:.0f} min. "
+            if runs
+            else ""
+        )
+        + "The machine is shared: every benchmark reports medians and measures its reference in the same "
+        "run; the load column is the 1-minute load average when its benchmark started (2 cores: above ≈ 2 "
+        "other work competes for them and the timings are slower than on a quiet machine)."
         + (
             " These are GPU figures: they are not comparable with the CPU ones in the parent directory."
             if platform == "gpu"
@@ -281,12 +294,42 @@ def readme(
             ],
         ),
         "",
-        "Runs:",
-        "",
-        C.md_table(status, [("benchmark", "benchmark"), ("status", "status"), ("wall", "wall (s)")]),
-        "",
     ]
+    if status:
+        lines += [
+            "Runs:",
+            "",
+            C.md_table(status, [("benchmark", "benchmark"), ("status", "status"), ("wall", "wall (s)")]),
+            "",
+        ]
     return "\n".join(lines)
+
+
+PROJECT_README = HERE.parent / "README.md"
+README_BEGIN = "<!-- benchmarks:begin -->"
+README_END = "<!-- benchmarks:end -->"
+
+
+def update_project_readme(out: Path, text: str, readme_path: Path | None = None) -> None:
+    """Replace the lines between :data:`README_BEGIN` and :data:`README_END` of the project README with
+    ``text`` (the suite's ``README.md``): its title dropped, links made relative to the project root. A
+    README without both markers is an error (nothing is written)."""
+    readme_path = readme_path or PROJECT_README
+    current = readme_path.read_text()
+    begin, end = current.find(README_BEGIN), current.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{readme_path} has no {README_BEGIN} … {README_END} block")
+    try:
+        prefix = out.resolve().relative_to(readme_path.parent.resolve()).as_posix() + "/"
+    except ValueError:
+        prefix = out.resolve().as_posix() + "/"
+    body = [line for line in text.strip().splitlines() if not line.startswith("# ")]
+    body = [re.sub(r"\]\(([\w.-]+\.md)\)", lambda m: f"]({prefix}{m.group(1)})", line) for line in body]
+    body_text = "\n".join(body).strip()
+    block = (
+        f"{README_BEGIN}\n{body_text}\n\nFull table: [{prefix}README.md]({prefix}README.md).\n{README_END}"
+    )
+    readme_path.write_text(current[:begin] + block + current[end + len(README_END) :])
 
 
 def main(argv=None) -> int:
@@ -298,6 +341,16 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--timeout-min", type=float, default=None, help="per benchmark (default 30 quick, 90 full)"
+    )
+    ap.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: rebuild the table from the result files already in the output directory",
+    )
+    ap.add_argument(
+        "--update-readme",
+        action="store_true",
+        help=f"also copy the table into the project README (between {README_BEGIN} and {README_END})",
     )
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -322,8 +375,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     timeout = args.timeout_min or TIMEOUT_MIN["quick" if args.quick else "full"]
     load_start = C.load_average()
-    log(f"{len(names)} benchmarks on {platform} → {out} (load {load_start})")
-    runs = [run_one(n, out, args.quick, timeout, log) for n in names]
+    if args.table_only:
+        runs = []
+        log(f"table of the results in {out} (nothing is run)")
+    else:
+        log(f"{len(names)} benchmarks on {platform} → {out} (load {load_start})")
+        runs = [run_one(n, out, args.quick, timeout, log) for n in names]
     load_end = C.load_average()
     machine = C.machine_info()
     text = readme(
@@ -332,6 +389,9 @@ def main(argv=None) -> int:
     text = re.sub(re.escape(str(HERE.parent)) + "/?", "", text)
     (out / "README.md").write_text(text)
     print(text)
+    if args.update_readme:
+        update_project_readme(out, text)
+        log(f"updated the benchmark table in {PROJECT_README}")
     failed = [r["name"] for r in runs if r["status"] != "ok"]
     log(f"wrote {out / 'README.md'}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
