@@ -115,8 +115,14 @@ def test_page_from_the_archive_alone(tmp_path):
     es_rows += [row("random_reinit", 0, 0, 100.0)]  # one seed of two, one level
     archive.merge_levels(data, es.name, CFG, es_rows, {"magnitude": "a", "random_reinit": "b"})
     archive.merge_levels(data, ppo.name, CFG, [row("magnitude", 0, 0, 50.0)], {"magnitude": "c"})
+    budget = {"criterion": "magnitude", "seed": 0, "level": 2, "density": 0.25, "population_size": 32}
+    archive.write_jsonl(
+        data / "tiny_es_cpu.budget.jsonl",
+        [{**budget, "num_generations": 40, "test_return": 77.0, "stored_test_return": 20.0, "seconds": 3.0}],
+    )
     out = tmp_path / "page.md"
     text = page.build_page([ppo, es], data, out, "the command", references={"CartPole-v1": 10.0})
+    assert "| magnitude | 0 | 2 | 25.00% | 32 × 40 | 77.0 | 20.0 | 3 |" in text
     # ES magnitude, level 1: seeds 90 and 91 → 90.5 ± std(ddof=1)/√2 = 0.5
     se = np.std([90.0, 91.0], ddof=1) / math.sqrt(2)
     assert f"| 1 | 0.5000 | missing | {90.5:.1f} ± {se:.1f} | missing |" in text

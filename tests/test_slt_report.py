@@ -113,3 +113,25 @@ def test_the_committed_archive_lands_where_the_shipped_configs_look(tmp_path):
         rows, _, _ = slt.collect(exp, tmp_path)
         archived = archive.read_jsonl(ROOT / f"docs/results/slt/data/{name}.results.jsonl")
         assert sorted(rows, key=lambda r: (r["job"], r["seed"])) == archived
+
+
+def test_paper_sparsity_sits_on_the_better_variants_row():
+    # Fig. 6's sparsities are the better variant's (the original's evaluation script): adaptive AB on
+    # moons A–C and circles C, the plain GA elsewhere — never both rows of one architecture
+    rows = [
+        {"arch": a, "method": m, "test_acc": 0.9, "sparsity": 0.6}
+        for a in ("A", "C", "D")
+        for m in ("ga", "adaptive_ab", "backprop")
+    ]
+    agg = report.aggregate(rows, "arch")
+    for dataset, want in {
+        "moons": {("A", "adaptive_ab"): "0.732", ("C", "adaptive_ab"): "0.561", ("D", "ga"): "0.546"},
+        "circles": {("A", "ga"): "0.663", ("C", "adaptive_ab"): "0.539", ("D", "ga"): "0.581"},
+    }.items():
+        table = report.table_arch_method(agg, dataset)
+        header = [c.strip() for c in table[0].strip("|").split("|")]
+        col = header.index("paper sparsity (its variant)")
+        for line in table[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            expected = want.get((cells[0], cells[1]), "–")
+            assert cells[col] == expected, (dataset, cells[:2], cells[col])
