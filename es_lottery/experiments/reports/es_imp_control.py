@@ -26,7 +26,6 @@ lists the sparsest such level, how many finished levels keep it, and the first l
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
 from collections import defaultdict
 from datetime import date
@@ -38,6 +37,7 @@ from es_lottery import plots
 from es_lottery.experiments import config as config_lib
 from es_lottery.experiments import imp, legacy_runs
 from es_lottery.experiments.reports import archive, parse_args
+from es_lottery.experiments.reports.es_imp import stats
 
 #: Lange & Sprekeler (2023), read off Fig. 2/3 (REFERENCE.md §2): mean test return of the ES ticket against
 #: the fraction of remaining weights. Pendulum: ≈ −130 dense, flat to 10 %, then → −1250 at 1.44 %.
@@ -93,14 +93,6 @@ def no_skill_return(exp: imp.IMPExperiment) -> float:
     task = exp.control_task()
     params = jax.tree.map(lambda x: x * 0, task.init_params(jax.random.key(0)))
     return float(task.evaluate(task.init_state(jax.random.key(0)), params)["return"])
-
-
-def stats(values: list[float]) -> tuple[float, float | None, int]:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
-    if not v.size:
-        return math.nan, None, 0
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
-    return float(v.mean()), se, int(v.size)
 
 
 def fmt(mean: float, se: float | None, n: int, want: int) -> str:
