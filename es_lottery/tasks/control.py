@@ -627,6 +627,12 @@ def _brax_env(name: str, backend: str, overrides, mass_scale, spec) -> Env:
     low = np.where(limited, rng[:, 0], -1.0)
     high = np.where(limited, rng[:, 1], 1.0)
     action_space = _box(low, high, (int(benv.action_size),))
+    return _wrap_brax(name, backend, benv, action_space, spec)
+
+
+def _wrap_brax(name: str, backend: str, benv, action_space, spec) -> Env:
+    """The :class:`Env` of a Brax environment object (``brax.envs`` or ``brax.v1.envs``: the same
+    ``reset(key)`` / ``step(state, action)`` interface, deterministic dynamics)."""
     obs_shape = jax.eval_shape(benv.reset, jax.random.key(0)).obs.shape
 
     def reset(key):
@@ -701,35 +707,7 @@ def _brax_v1_env(name: str, backend: str, overrides, mass_scale, spec) -> Env:
         benv.sys = brax_v1.System(_scale_v1_bodies(benv.sys.config, name, mass_scale))
     size = int(benv.action_size)
     action_space = _box(-1.0, 1.0, (size,))  # brax.v1 actuators take [-1, 1]
-    obs_shape = jax.eval_shape(benv.reset, jax.random.key(0)).obs.shape
-
-    def reset(key):
-        s = benv.reset(key)
-        return _flat_obs(s.obs), BraxEnvState(brax_state=s, time=jnp.int32(0))
-
-    def step(key, state, action):
-        del key
-        s = benv.step(state.brax_state, jnp.asarray(action, jnp.float32).reshape((size,)))
-        t = state.time + 1
-        return (
-            _flat_obs(s.obs),
-            BraxEnvState(brax_state=s, time=t),
-            jnp.asarray(s.reward, jnp.float32).reshape(()),
-            (jnp.asarray(s.done) > 0.5).reshape(()),
-            t >= BRAX_MAX_STEPS,
-        )
-
-    return Env(
-        name=name,
-        backend=backend,
-        obs_size=int(np.prod(obs_shape)),
-        action_space=action_space,
-        max_steps=BRAX_MAX_STEPS,
-        spec=spec,
-        raw=benv,
-        _reset=reset,
-        _step=step,
-    )
+    return _wrap_brax(name, backend, benv, action_space, spec)
 
 
 def from_functions(
