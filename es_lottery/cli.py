@@ -314,15 +314,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OUT_COMMANDS = ("slt", "imp", "nets", "migrate")  # whose --out is a run directory
+
+
+def _check_out(out: str) -> None:
+    """``--out`` must be a directory this process can write (or one it can create)."""
+    import os
+    from pathlib import Path
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a directory; pass a directory (or remove it)")
+    parent = path if path.exists() else next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NotADirectoryError(f"--out {out}: {parent} is a file, not a directory; pass another --out")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: {parent} is not writable; pass a directory you can write")
+
+
+def _os_error(err: OSError) -> str:
+    """One line for a file-system error: the file, what went wrong, what to do."""
+    if err.filename is None:
+        return str(err)
+    where = err.filename if err.filename2 is None else f"{err.filename} → {err.filename2}"
+    hint = {
+        PermissionError: "check its permissions or choose another --out",
+        NotADirectoryError: "a part of that path is a file, not a directory",
+        IsADirectoryError: "a directory stands where a file is expected",
+        FileNotFoundError: "check the path",
+    }.get(type(err), "check the path, the free space and the permissions")
+    return f"{where}: {err.strerror or err} ({hint})"
+
+
+def _interrupted(console: Console, argv: list[str] | None) -> int:
+    """Ctrl-C: one line, status 130. From the command line the process ends at once (``os._exit``), so a
+    second Ctrl-C or XLA's threads during interpreter teardown cannot print a traceback or crash."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    console.print("[yellow]interrupted;[/] rerun the same command to resume")
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status: 0 done, 2 a bad config, argument or input file, 1 a
+    file-system or internal error (never 0 after a failure), 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console() if sys.stdout.isatty() else Console(width=150)
     try:
+        if args.command in OUT_COMMANDS and getattr(args, "out", None) is not None:
+            _check_out(args.out)
         return int(args.func(args, console) or 0)
+    except KeyboardInterrupt:
+        return _interrupted(console, argv)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        console.print(f"[bold red]error:[/] {err}")
+        _error(console, _os_error(err) if isinstance(err, OSError) else str(err))
         return 2
+    except OSError as err:
+        _error(console, _os_error(err))
+        return 1
+    except Exception as err:
+        import traceback
+
+        traceback.print_exc()
+        _error(
+            console,
+            f"{type(err).__name__}: {err} (the traceback above; finished results are kept: rerun the same "
+            "command to resume)",
+        )
+        return 1
+
+
+def _error(console: Console, message: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ META = "__meta__"
 
 __all__ = [
     "META",
+    "DamagedFile",
     "atomic_write",
     "load_arrays",
     "load_tree",
@@ -63,14 +67,42 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+class DamagedFile(ValueError):
+    """A file that exists but cannot be read back (truncated, empty, overwritten); ``path`` names it."""
+
+    def __init__(self, path: str | Path, err: BaseException):
+        self.path = Path(path)
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        super().__init__(f"{self.path} is damaged or truncated ({detail})")
+
+
+def _temporary(path: Path, mode: str):
+    """A new file next to ``path`` under a name no other writer uses (pid and random suffix), opened for
+    writing; created with ``O_EXCL`` and the usual permissions (0o666 less the umask)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        return tmp, os.fdopen(fd, mode)
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` through a temporary file in the same directory and rename it into place."""
+    """Write ``path`` through a temporary file in the same directory and rename it into place.
+
+    The temporary name is unique to this call, so concurrent writers of one path never share it (the last
+    rename wins and every reader sees one whole file); an error or an interrupt mid-write removes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open(mode) as fh:
-        write(fh)
-    os.replace(tmp, path)
+    tmp, fh = _temporary(path, mode)
+    try:
+        with fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -79,7 +111,12 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON value of ``path``; a file that does not parse raises :class:`DamagedFile` naming it."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise DamagedFile(path, err) from None
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
@@ -117,10 +154,21 @@ def save_arrays(path: str | Path, arrays: Mapping[str, Any], meta: Mapping | Non
 
 
 def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays, meta) of a :func:`save_arrays` file."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files if k != META}
-        meta = json.loads(str(data[META])) if META in data.files else {}
+    """(arrays, meta) of a :func:`save_arrays` file; one that exists but does not read back (truncated,
+    empty, random bytes) raises :class:`DamagedFile` naming it."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array, not one of ours
+            raise ValueError("not an .npz archive")
+        with data:
+            arrays = {k: data[k] for k in data.files if k != META}
+            meta = json.loads(str(data[META])) if META in data.files else {}
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        raise DamagedFile(path, err) from None
+    if not isinstance(meta, dict):
+        raise DamagedFile(path, ValueError("its metadata is not a mapping"))
     return arrays, meta
 
 

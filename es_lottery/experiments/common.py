@@ -24,7 +24,7 @@ from es_lottery import networks
 from es_lottery.experiments import config as config_lib
 from es_lottery.experiments.store import STORE
 from es_lottery.tasks import classification
-from es_lottery.treeio import read_jsonl, write_json, write_jsonl
+from es_lottery.treeio import atomic_write, read_jsonl, write_json, write_jsonl
 
 __all__ = [
     "DatasetName",
@@ -225,7 +225,7 @@ class View:
 
     def write_config(self, cfg: Any) -> None:
         text = yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False)
-        (self.path / "config.yaml").write_text(text)
+        atomic_write(self.path / "config.yaml", lambda fh: fh.write(text), mode="w")
 
     def write_jobs(self, jobs: dict[str, str]) -> None:
         write_json(self.path / "jobs.json", jobs)

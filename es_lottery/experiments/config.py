@@ -398,7 +398,12 @@ def load_yaml(path: str | Path) -> dict:
         with path.open() as fh:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), f"not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(str(path), f"not valid YAML{where}: {what}; fix the file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not a text file (not UTF-8); pass a YAML config") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(str(path), "must be a YAML mapping at the top level")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from es_lottery.treeio import load_tree, save_tree
+from es_lottery.treeio import DamagedFile, load_tree, save_tree
 
 __all__ = ["advance_until_stopped", "history_rows"]
 
@@ -37,6 +38,7 @@ def advance_until_stopped(
     meta: dict | None = None,
     on_resume: Callable[[int, Path], None] | None = None,
     started: float | None = None,
+    on_damaged: Callable[[Path, str], None] | None = None,
 ) -> tuple[Any, dict, float]:
     """Run ``state, hist = advance(k_run, state, hist, until)`` for until = every, 2·every, … until every
     seed has ``stopped(state)``; returns ``(state, hist, seconds)``.
@@ -44,30 +46,53 @@ def advance_until_stopped(
     ``on_chunk(state, until, stopped, seconds)`` after every chunk. ``checkpoint``: where the seeds' state
     and history are saved every ``checkpoint_seconds`` (with ``meta``, ``until`` and the seconds so far)
     and resumed from when the file exists; the caller removes it once the results are recorded.
-    ``started``: the wall-clock time the job started (default: now), for ``seconds``."""
+    ``started``: the wall-clock time the job started (default: now), for ``seconds``.
+
+    A checkpoint that does not read back (truncated, empty, overwritten, another layout) is deleted and
+    ``on_damaged(path, message)`` told (default: a ``RuntimeWarning``); the job then runs from its start,
+    to the same numbers. A ``KeyboardInterrupt`` saves the last finished chunk before it propagates."""
     t0 = time.time() if started is None else started
     until = 0
     if checkpoint is not None and checkpoint.exists():
-        (state, hist), saved = load_tree(checkpoint, (state, hist))
-        until = int(saved["until"])
-        t0 = time.time() - float(saved["seconds"])
-        if on_resume is not None:
-            on_resume(until, checkpoint)
-    saved_at = time.time()
-    while True:
-        until += every
-        state, hist = advance(k_run, state, hist, until)
-        done = np.asarray(stopped(state))
-        if on_chunk is not None:
-            on_chunk(state, until, done, time.time() - t0)
-        if done.all():
-            break
-        if checkpoint is not None and time.time() - saved_at >= checkpoint_seconds:
-            save_tree(
-                checkpoint, (state, hist), {**(meta or {}), "until": until, "seconds": time.time() - t0}
-            )
-            saved_at = time.time()
+        try:
+            loaded, saved = load_tree(checkpoint, (state, hist))
+            at, seconds = int(saved["until"]), float(saved["seconds"])
+        except (ValueError, KeyError, TypeError) as err:  # DamagedFile, another layout, bad metadata
+            detail = str(err) if isinstance(err, DamagedFile) else f"{checkpoint}: unusable ({err})"
+            checkpoint.unlink(missing_ok=True)
+            (on_damaged or _warn_damaged)(checkpoint, detail)
+        else:
+            (state, hist), until, t0 = loaded, at, time.time() - seconds
+            if on_resume is not None:
+                on_resume(until, checkpoint)
+
+    def save(state, hist, until):
+        save_tree(checkpoint, (state, hist), {**(meta or {}), "until": until, "seconds": time.time() - t0})
+
+    saved_at, saved_until = time.time(), until
+    try:
+        while True:
+            nxt = until + every
+            new_state, new_hist = advance(k_run, state, hist, nxt)
+            state, hist, until = new_state, new_hist, nxt
+            done = np.asarray(stopped(state))
+            if on_chunk is not None:
+                on_chunk(state, until, done, time.time() - t0)
+            if done.all():
+                break
+            if checkpoint is not None and time.time() - saved_at >= checkpoint_seconds:
+                save(state, hist, until)
+                saved_at, saved_until = time.time(), until
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the last finished chunk (a chunk boundary, as every checkpoint), then stop
+        if checkpoint is not None and until > saved_until:
+            save(state, hist, until)
+        raise
     return state, hist, time.time() - t0
+
+
+def _warn_damaged(path: Path, detail: str) -> None:
+    warnings.warn(f"{detail}; deleted it, the job restarts from its start", RuntimeWarning, stacklevel=3)
 
 
 def history_rows(hist: dict, generations) -> list[list[dict]]:

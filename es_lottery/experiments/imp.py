@@ -98,6 +98,7 @@ from rich.table import Table
 from es_lottery import masks as masks_lib
 from es_lottery import networks, plots
 from es_lottery.experiments import config as config_lib
+from es_lottery.experiments import locks
 from es_lottery.experiments.common import (
     DatasetName,
     NetworkConfig,
@@ -117,7 +118,9 @@ from es_lottery.pruning.gd import GDConfig, GDTrainer
 from es_lottery.pruning.schedule import PruningSchedule
 from es_lottery.tasks import classification
 from es_lottery.treeio import (
+    DamagedFile,
     atomic_write,
+    load_arrays,
     load_tree,
     read_json,
     save_arrays,
@@ -484,8 +487,10 @@ def save_mask(path: Path, mask: PyTree) -> None:
 
 
 def load_mask(path: Path, like: PyTree) -> PyTree:
-    with np.load(path) as data:
-        packed, kept, total = data["packed"], int(data["kept"]), int(data["total"])
+    data, _ = load_arrays(path)
+    if not {"packed", "kept", "total"} <= set(data):
+        raise DamagedFile(path, ValueError("not a mask file (packed, kept, total)"))
+    packed, kept, total = data["packed"], int(data["kept"]), int(data["total"])
     mask = masks_lib.unpack(jnp.asarray(packed), like)
     k, t = masks_lib.count(mask)
     if int(k) != kept or int(t) != total:
@@ -582,7 +587,14 @@ class _Ctx:
 
 def _level_context(ctx: _Ctx, ldir: Path, hook: Callable[[dict], Any]):
     if isinstance(ctx.trainer, ESTrainer):
-        return ctx.trainer.checkpointing(NpzCheckpointer(ldir / "checkpoint"), hook)
+
+        def on_damaged(path: Path, message: str) -> None:
+            ctx.console.print(
+                f"  [yellow]warning:[/] {escape(message)}; deleted it, {ldir.parent.name}/{ldir.name} "
+                "restarts from generation 0"
+            )
+
+        return ctx.trainer.checkpointing(NpzCheckpointer(ldir / "checkpoint", on_damaged), hook)
     return contextlib.nullcontext()
 
 
@@ -961,7 +973,9 @@ def run_experiment(
         f"criteria {', '.join(exp.criteria)}, {exp.seeds} seed(s) → {view.path} (data: {job.path})"
     )
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    notify = lambda m: console.print(f"  {escape(m)}")  # noqa: E731
+    # one writer per trunk: a second run of the same experiment waits here, then skips the finished levels
+    with Progress(*columns, console=console) as progress, locks.hold(job.path, f"imp {exp.name}", notify):
         ctx = _Ctx(exp, trainer, job.path, branch_dirs(exp), console, progress, on_segment)
         for seed in range(exp.seeds):
             run_key = jax.random.fold_in(jax.random.key(exp.seed), seed)
@@ -979,6 +993,15 @@ def run_experiment(
 def write_view(exp: IMPExperiment, out: str | Path, console: Console | None = None) -> Path:
     """Rebuild ``<out>/<name>/`` from the store: config, jobs, metrics rows, summary and the plot."""
     view = View(out, exp.name)
+    with locks.hold(view.path, f"the view {view.path}"):
+        summary = _write_view(exp, out, view)
+    if console is not None:
+        title = f"{exp.name}: test {exp.score} (mean ± s.e., seeds)"
+        console.print(summary_table(summary, title, exp.criteria, exp.score))
+    return view.path
+
+
+def _write_view(exp: IMPExperiment, out: str | Path, view: View) -> dict:
     job = trunk(exp, out)
     rows = rows_of(exp, out)
     view.write_config(exp.resolved())
@@ -1005,7 +1028,4 @@ def write_view(exp: IMPExperiment, out: str | Path, console: Console | None = No
         order=exp.criteria,
         metric=f"test_{exp.score}",
     )
-    if console is not None:
-        title = f"{exp.name}: test {exp.score} (mean ± s.e., seeds)"
-        console.print(summary_table(summary, title, exp.criteria, exp.score))
-    return view.path
+    return summary

@@ -58,6 +58,7 @@ from rich.table import Table
 from es_lottery import masks as masks_lib
 from es_lottery import networks, plots
 from es_lottery.experiments import config as config_lib
+from es_lottery.experiments import locks
 from es_lottery.experiments.common import (
     DatasetName,
     NetworkConfig,
@@ -323,6 +324,9 @@ def _nets_seeds(
         checkpoint_seconds=checkpoint_seconds,
         meta={"job": branch.relpath, "seeds": list(seeds)},
         started=started,
+        on_damaged=lambda path, msg: progress.console.print(
+            f"  [yellow]warning:[/] {escape(msg)}; deleted it, nets restarts from generation 0"
+        ),
     )
     progress.update(bar, description="nets: training the tickets")
     tickets, tmasks = jax.vmap(nets_lib.best_ticket)(state)
@@ -465,29 +469,35 @@ def run_experiment(
     console = console or Console()
     legacy_runs.migrate_matching(out, exp.name, "nets", console)
     module = exp.module()
-    view = View(out, exp.name)
     where = branches(exp, out)
     seeds = list(range(exp.seeds))
     todo = {m: sorted(set(seeds) - where[m].done_seeds(seeds)) for m in exp.ordered_methods}
-    splits = load_splits(exp, module) if any(todo.values()) else None
+    splits = load_splits(exp, module) if any(todo.values()) else None  # data errors: before any writing
     if splits is not None:
         write_json(trunk(exp, out).ensure().path / "data.json", splits.info)
-    console.print(f"[bold]nets[/] {escape(exp.name)}: {exp.dataset}, {exp.seeds} seeds → {view.path}")
+    view_path = Path(out) / exp.name
+    console.print(f"[bold]nets[/] {escape(exp.name)}: {exp.dataset}, {exp.seeds} seeds → {view_path}")
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         for method in exp.ordered_methods:
-            missing = todo[method]
-            if not missing:
+            if not todo[method]:
                 console.print(f"  {method}: finished earlier, skipped")
                 continue
-            if method == "nets":
-                _nets_seeds(exp, where["nets"], missing, module, splits, progress, checkpoint_seconds)
-            elif method == "imp":
-                _imp_seeds(exp, where["imp"], missing, module, splits, progress)
-            elif method == "random":
-                _random_seeds(exp, where["random"], where["nets"], missing, module, splits)
-            else:
-                _dense_seeds(exp, where["dense"], missing, module, splits)
+            # one writer per method: a second run of it waits here, then runs only what is still missing
+            notify = lambda m: console.print(f"  {escape(m)}")  # noqa: E731
+            with locks.hold(where[method].path, f"nets method {method}", notify):
+                missing = sorted(set(seeds) - where[method].done_seeds(seeds))
+                if not missing:
+                    console.print(f"  {method}: finished by another run, skipped")
+                    continue
+                if method == "nets":
+                    _nets_seeds(exp, where["nets"], missing, module, splits, progress, checkpoint_seconds)
+                elif method == "imp":
+                    _imp_seeds(exp, where["imp"], missing, module, splits, progress)
+                elif method == "random":
+                    _random_seeds(exp, where["random"], where["nets"], missing, module, splits)
+                else:
+                    _dense_seeds(exp, where["dense"], missing, module, splits)
             rows = where[method].results(missing)
             acc = np.mean([r["test_accuracy"] for r in rows])
             dens = np.mean([r["density"] for r in rows])
@@ -500,6 +510,14 @@ def run_experiment(
 def write_view(exp: NeTSExperiment, out: str | Path, console: Console | None = None) -> Path:
     """Rebuild ``<out>/<name>/`` from the store: config, jobs, results, metrics, summary and plots."""
     view = View(out, exp.name)
+    with locks.hold(view.path, f"the view {view.path}"):
+        summary = _write_view(exp, out, view)
+    if console is not None:
+        console.print(summary_table(summary, title=f"{exp.name} ({exp.dataset})"))
+    return view.path
+
+
+def _write_view(exp: NeTSExperiment, out: str | Path, view: View) -> dict:
     results, metrics, where = collect(exp, out)
     data = trunk(exp, out).path / "data.json"
     info = read_json(data) if data.exists() else {}
@@ -510,9 +528,7 @@ def write_view(exp: NeTSExperiment, out: str | Path, console: Console | None = N
     summary = summarise(results)
     view.write_json("summary.json", {"experiment": config_lib.to_dict(exp), "data": info, "methods": summary})
     plots.nets_plots(view.path / "plots", exp.name, results, metrics)
-    if console is not None:
-        console.print(summary_table(summary, title=f"{exp.name} ({exp.dataset})"))
-    return view.path
+    return summary
 
 
 def summarise(results: list[dict]) -> dict:

@@ -53,6 +53,7 @@ from rich.table import Table
 from es_lottery import plots
 from es_lottery._checks import check_number
 from es_lottery.experiments import config as config_lib
+from es_lottery.experiments import locks
 from es_lottery.experiments.common import (
     DatasetName,
     InitName,
@@ -381,6 +382,10 @@ def _ga_chunk(exp: SLTConfig, job: _Job, data, seeds: range, console, progress, 
         meta={"job": job.branch.ensure().relpath, "seeds": [seeds.start, seeds.stop]},
         on_resume=on_resume,
         started=started,
+        on_damaged=lambda path, msg: console.print(
+            f"  [yellow]warning:[/] {escape(msg)}; deleted it, {escape(job.name)}{part} restarts from "
+            "generation 0"
+        ),
     )
     final = jax.vmap(lambda s: ga_slt.evaluate_final(s, task, cfg))(state)
     progress.update(bar, completed=cfg.cap)
@@ -506,10 +511,16 @@ def run_experiment(
         seed_chunk = int(check_number(seed_chunk, "seed_chunk", 1.0))
     console = console or Console()
     selected = job_selector(only)
-    legacy_runs.migrate_matching(out, exp.name, "slt", console)
-    view = View(out, exp.name)
-    console.print(f"[bold]slt[/] {escape(exp.name)}: {exp.dataset}, {exp.seeds} seeds → {view.path}")
     jobs = plan(exp, out)
+    if only and not any(selected(j.name) for j in jobs):
+        raise ValueError(
+            f"--only {' '.join(only)} matches none of the jobs of {exp.name!r}: "
+            f"{', '.join(j.name for j in jobs)}"
+        )
+    legacy_runs.migrate_matching(out, exp.name, "slt", console)
+    console.print(
+        f"[bold]slt[/] {escape(exp.name)}: {exp.dataset}, {exp.seeds} seeds → {Path(out) / exp.name}"
+    )
     seeds = list(range(exp.seeds))
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -542,6 +553,18 @@ def _skip_line(console, job: _Job, seeds: list[int]) -> None:
 
 
 def _run_job(exp, job: _Job, jobs, data, seeds, selected, console, progress, checkpoint_seconds, seed_chunk):
+    if not selected(job.name) or not set(seeds) - job.branch.done_seeds(seeds):
+        return _job_body(
+            exp, job, jobs, data, seeds, selected, console, progress, checkpoint_seconds, seed_chunk
+        )
+    # one writer per job: a second run of the same job waits here, then finds its seeds finished
+    with locks.hold(job.branch.path, f"job {job.name}", lambda m: console.print(f"  {escape(m)}")):
+        return _job_body(
+            exp, job, jobs, data, seeds, selected, console, progress, checkpoint_seconds, seed_chunk
+        )
+
+
+def _job_body(exp, job: _Job, jobs, data, seeds, selected, console, progress, checkpoint_seconds, seed_chunk):
     missing = sorted(set(seeds) - job.branch.done_seeds(seeds))
     if not missing:
         console.print(f"  {escape(job.name)}: finished earlier, skipped")
@@ -579,6 +602,14 @@ def _run_job(exp, job: _Job, jobs, data, seeds, selected, console, progress, che
 def write_view(exp: SLTConfig, out: str | Path, console: Console | None = None) -> Path:
     """Rebuild ``<out>/<name>/`` from the store: config, jobs, results, metrics, summary and plots."""
     view = View(out, exp.name)
+    with locks.hold(view.path, f"the view {view.path}"):
+        summary = _write_view(exp, out, view)
+    if console is not None:
+        console.print(summary_table(summary, title=f"{exp.name} ({exp.dataset})"))
+    return view.path
+
+
+def _write_view(exp: SLTConfig, out: str | Path, view: View) -> dict:
     results, metrics, where = collect(exp, out)
     view.write_config(exp)
     view.write_jobs(where)
@@ -589,9 +620,7 @@ def write_view(exp: SLTConfig, out: str | Path, console: Console | None = None) 
     write_plots(
         view.path / "plots", exp.name, results, histories_from_metrics(metrics), bool(exp.class_counts)
     )
-    if console is not None:
-        console.print(summary_table(summary, title=f"{exp.name} ({exp.dataset})"))
-    return view.path
+    return summary
 
 
 def summarise(results: list[dict]) -> dict:

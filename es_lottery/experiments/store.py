@@ -22,7 +22,10 @@ Arrays: ONE format for results and checkpoints, NumPy ``.npz`` with one array pe
 tree path (``es_lottery.treeio``, which says why ``.npz`` and not orbax).
 
 Finished work is marked by a JSON file written LAST (``result.json`` of a seed, ``metrics.json`` of a
-pruning level): its presence is the only test of "done".
+pruning level): its presence is the only test of "done", and a finished seed is never recorded again.
+Every file is written under a temporary name unique to its writer and renamed into place
+(``treeio.atomic_write``); the drivers run each job under a lock (``experiments.locks``), so two runs into
+one directory never run or record the same job twice.
 """
 
 from __future__ import annotations
@@ -138,9 +141,13 @@ class Job:
     def metrics(self, s: int) -> list[dict]:
         return read_jsonl(self.seed(s) / "metrics.jsonl")
 
-    def finish_seed(self, s: int, result: Mapping, metrics: Iterable[dict] | None = None) -> None:
-        """Write seed ``s``'s metrics rows, then its ``result.json`` (the "finished" marker)."""
+    def finish_seed(self, s: int, result: Mapping, metrics: Iterable[dict] | None = None) -> bool:
+        """Write seed ``s``'s metrics rows, then its ``result.json`` (the "finished" marker); a seed that
+        is finished already keeps its first record (returns False: nothing written)."""
+        if self.done(s):
+            return False
         self.ensure()
         if metrics is not None:
             write_jsonl(self.seed(s) / "metrics.jsonl", metrics)
         write_json(self.result_path(s), result)
+        return True

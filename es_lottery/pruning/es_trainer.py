@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +139,9 @@ class NpzCheckpointer:
 
     FILE = "state.npz"
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, on_damaged: Callable[[Path, str], None] | None = None):
         self.directory = Path(directory)
+        self.on_damaged = on_damaged
 
     @property
     def path(self) -> Path:
@@ -148,7 +150,10 @@ class NpzCheckpointer:
     def latest_generation(self) -> int | None:
         if not self.path.is_file():
             return None
-        return int(treeio.load_arrays(self.path)[1]["generation"])
+        try:
+            return int(treeio.load_arrays(self.path)[1]["generation"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def save(self, state: es.ESRunState, history: dict) -> None:
         arrays = {f"state/{k}": v for k, v in treeio.tree_arrays(state).items()}
@@ -156,19 +161,30 @@ class NpzCheckpointer:
         treeio.save_arrays(self.path, arrays, {"generation": int(jax.device_get(state.generation))})
 
     def restore(self, template: es.ESRunState) -> tuple[es.ESRunState, dict] | None:
+        """The saved (state, history), or None when there is none. A checkpoint that does not read back
+        (truncated, empty, random bytes, another layout, inconsistent) is deleted and ``on_damaged(path,
+        message)`` told (default: a ``RuntimeWarning``): the level then runs from generation 0, to the
+        same numbers."""
         if not self.path.is_file():
             return None
-        arrays, meta = treeio.load_arrays(self.path)
-        parts = treeio.nested(arrays)
-        flat = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
         try:
+            arrays, meta = treeio.load_arrays(self.path)
+            parts = treeio.nested(arrays)
+            flat = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
             state = treeio.tree_from_arrays(flat, template, str(self.path))
-        except ValueError as err:
-            raise ValueError(f"{err} — delete {self.directory} to start the level afresh") from None
-        if int(state.generation) != int(meta.get("generation", -1)):
-            raise ValueError(
-                f"checkpoint {self.path} is inconsistent: its state is at generation {state.generation}"
-            )
+            if int(state.generation) != int(meta.get("generation", -1)):
+                raise ValueError(
+                    f"{self.path} is inconsistent: its state is at generation {int(state.generation)}, "
+                    f"its metadata says {meta.get('generation')}"
+                )
+        except (ValueError, KeyError, TypeError) as err:
+            message = str(err) if str(self.path) in str(err) else f"{self.path}: unusable ({err})"
+            self.path.unlink(missing_ok=True)
+            if self.on_damaged is not None:
+                self.on_damaged(self.path, message)
+            else:
+                warnings.warn(f"{message}; deleted it, the level restarts", RuntimeWarning, stacklevel=2)
+            return None
         return state, parts.get("history", {})
 
 
