@@ -417,21 +417,7 @@ def main(args) -> int:
     }
     capacity = [cores_available()]
     log(f"cores available: {capacity[-1]}")
-    if "kernels" not in skip:
-        payload["kernel_rows"] = kernel_scaling(args, log)
-    if "es" not in skip:
-        payload["es_generation"] = es_generation(args, log)
-        capacity.append(cores_available())
-    if "plain" not in skip and backend == "cpu":
-        payload["plain_loop"] = plain_loop(args, log)
-    if "ga" not in skip:
-        payload["ga_generation"] = ga_generation(args, log)
-    capacity.append(cores_available())
-    log(f"cores available: {capacity[-1]}")
-    payload["cores_available"] = capacity
-    payload["load_end"] = C.load_average()
-    payload["headline"] = headline(payload)
-    payload["notes"] = [
+    notes = [
         "* Devices are host devices of ONE process (`distributed.configure(devices=4)`): XLA:CPU runs each "
         "kernel on one thread, so a second device is a second core. With 2 cores, 4 devices cannot beat 2.",
         "* Sharded runs use fixed member blocks (`ceil(P/8)`; CNN: whole 4-member blocks) and are "
@@ -441,9 +427,42 @@ def main(args) -> int:
         "* The plain evosax loop runs in a child process with one device and XLA's default passes.",
         "* CPU and GPU numbers are not comparable: on a GPU host this file is written to results/gpu/.",
     ]
-    payload["wall_s"] = time.perf_counter() - t_start
-    md = markdown(payload)
-    jpath, mpath = C.write_results("scaling", payload, md, out_dir)
+
+    def save(done: list[str], final: bool):
+        """Write what is measured so far (after every part: a run stopped by a time limit keeps them)."""
+        payload["cores_available"] = capacity
+        payload["load_end"] = C.load_average()
+        payload["headline"] = headline(payload)
+        payload["parts_done"] = done
+        payload["complete"] = final
+        payload["notes"] = notes + (
+            []
+            if final
+            else [f"* PARTIAL: only {', '.join(done) or 'nothing'} finished when this was written."]
+        )
+        payload["wall_s"] = time.perf_counter() - t_start
+        md = markdown(payload)
+        paths = C.write_results("scaling", payload, md, out_dir)
+        return md, paths
+
+    parts = [
+        ("kernels", lambda: payload.__setitem__("kernel_rows", kernel_scaling(args, log))),
+        ("es", lambda: payload.__setitem__("es_generation", es_generation(args, log))),
+        ("plain", lambda: payload.__setitem__("plain_loop", plain_loop(args, log))),
+        ("ga", lambda: payload.__setitem__("ga_generation", ga_generation(args, log))),
+    ]
+    done: list[str] = []
+    for name, run in parts:
+        if name in skip or (name == "plain" and backend != "cpu"):  # the plain loop: CPU only
+            continue
+        run()
+        done.append(name)
+        if name == "es":
+            capacity.append(cores_available())
+        save(done, final=False)
+    capacity.append(cores_available())
+    log(f"cores available: {capacity[-1]}")
+    md, (jpath, mpath) = save(done, final=True)
     print(md)
     log(f"wrote {jpath} and {mpath}")
     return 0
