@@ -42,6 +42,7 @@ def _last_json(text: str) -> dict:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
+@pytest.mark.slow
 def test_two_processes_run_es_and_only_process_0_writes(tmp_path):
     out = tmp_path / "out"
     port = _free_port()

@@ -52,7 +52,14 @@ def run_case(name: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "name", ["ga_accuracy", "ga_cross_entropy", "es", "nets", "control", "control_own_keys"]
+    "name",
+    [
+        "es",  # the default suite keeps one case; the others are end-to-end minutes (-m slow)
+        *(
+            pytest.param(n, marks=pytest.mark.slow)
+            for n in ("ga_accuracy", "ga_cross_entropy", "nets", "control", "control_own_keys")
+        ),
+    ],
 )
 def test_search_is_bit_identical_on_1_and_4_devices(name):
     rows = run_case(name)

@@ -28,6 +28,7 @@ BASE = {
 GRID = {"ga.population_size": [8, 10, 12]}
 
 
+@pytest.mark.slow
 def test_local_sweep_runs_collects_and_skips(tmp_path):
     first = sweep_lib.sweep(BASE, GRID, kind="slt", out=tmp_path, max_parallel=2, poll_seconds=0.5)
     assert [j.status for j in first.jobs] == ["done"] * 3, [(j.name, j.error) for j in first.jobs]
