@@ -15,7 +15,7 @@
                                       are skipped when submitted again (``es_lottery.sweep``).
 ``es-lottery migrate [PATH …] [--out DIR]``
                                       old-layout run directories and committed archives into the run store.
-``es-lottery report {slt,nets,es_imp} [--runs DIR] [--out FILE] …``
+``es-lottery report {slt,nets,es_imp,es_imp_control,analysis} [--runs DIR] [--out FILE] …``
                                       rebuild a committed results page (``docs/results/*.md``).
 ``es-lottery transfer SOURCE_RUN --to CONFIG [--criterion C] [--seeds S …] [--out DIR]``
                                       retrain a finished IMP run's tickets in another setting (data, ES, GD).
