@@ -273,17 +273,6 @@ def _metric_sums(out, y, valid, metrics):
     return sums
 
 
-def _dense_layer(wt, z, b, act, unrolled: bool):
-    """``(P, o, k) × act(z + b) (P, k, c) -> (P, o, c)``: a batched GEMM, or an unrolled FMA chain."""
-    if not unrolled:
-        return jnp.einsum("pok,pkc->poc", wt, act(z + b[:, :, None]))
-    out = None
-    for k in range(wt.shape[2]):
-        term = wt[:, :, k, None] * act(z[:, None, k, :] + b[:, None, k, None])
-        out = term if out is None else out + term
-    return out
-
-
 @partial(jax.jit, static_argnames=("module", "metrics", "chunk", "block"))
 def _affine_mlp_jit(module, center, directions, coeffs, x, y, metrics, chunk, block):
     """Metric sums / n of the members ``center + Σ coeffs[:, k]·directions[k]`` of an MLP (module doc).
@@ -330,7 +319,7 @@ def _affine_mlp_jit(module, center, directions, coeffs, x, y, metrics, chunk, bl
             b = jnp.zeros((cb.shape[0], width), z.dtype)  # the first bias is already in z
             for i, (wt, b_next) in enumerate(layers):
                 unrolled = i == len(layers) - 1 and wt.shape[1] * wt.shape[2] <= UNROLL_MAX
-                z, b = _dense_layer(wt, z, b, hidden, unrolled), b_next
+                z, b = population._dense_dm(wt, z, b, hidden, unrolled), b_next
             return out_act(z + b[:, :, None])
 
         def body(carry, inp):

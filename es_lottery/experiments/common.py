@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,7 @@ __all__ = [
     "group_by",
     "load_experiment",
     "loaders",
+    "rebuild_view",
 ]
 
 NetworkName = Literal[networks.NETWORKS]
@@ -238,3 +239,16 @@ class View:
 
     def write_json(self, filename: str, data: Any) -> None:
         write_json(self.path / filename, data)
+
+
+def rebuild_view(exp: Any, out: str | Path, write: Callable, table: Callable, console=None) -> Path:
+    """Rebuild the view ``<out>/<exp.name>/`` under its lock: ``write(exp, out, view)`` writes it and returns
+    the summary, ``table(summary, title)`` renders that summary for ``console`` (when given)."""
+    from es_lottery.experiments import locks
+
+    view = View(out, exp.name)
+    with locks.hold(view.path, f"the view {view.path}"):
+        summary = write(exp, out, view)
+    if console is not None:
+        console.print(table(summary, title=f"{exp.name} ({exp.dataset})"))
+    return view.path

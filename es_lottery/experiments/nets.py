@@ -67,6 +67,7 @@ from es_lottery.experiments.common import (
     default_init,
     group_by,
     loaders,
+    rebuild_view,
 )
 from es_lottery.experiments.generations import advance_until_stopped, history_rows
 from es_lottery.experiments.store import Job
@@ -509,12 +510,7 @@ def run_experiment(
 
 def write_view(exp: NeTSExperiment, out: str | Path, console: Console | None = None) -> Path:
     """Rebuild ``<out>/<name>/`` from the store: config, jobs, results, metrics, summary and plots."""
-    view = View(out, exp.name)
-    with locks.hold(view.path, f"the view {view.path}"):
-        summary = _write_view(exp, out, view)
-    if console is not None:
-        console.print(summary_table(summary, title=f"{exp.name} ({exp.dataset})"))
-    return view.path
+    return rebuild_view(exp, out, _write_view, summary_table, console)
 
 
 def _write_view(exp: NeTSExperiment, out: str | Path, view: View) -> dict:
