@@ -561,10 +561,6 @@ def eval_params_jit(module, member_params, x, y, metrics, chunk):
 # sharding the population axis
 
 
-def _pop_mesh() -> Mesh:
-    return Mesh(np.array(jax.devices()), ("pop",))
-
-
 def _pad_population(tree, npop: int, multiple: int):
     pad = (-npop) % multiple
     if pad == 0:
