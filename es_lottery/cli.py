@@ -352,12 +352,13 @@ def _interrupted(console: Console, argv: list[str] | None) -> int:
     import os
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot cut this short
     console.print("[yellow]interrupted;[/] rerun the same command to resume")
     if argv is None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+    signal.signal(signal.SIGINT, previous)  # called as a function: the caller's handler again
     return 130
 
 
