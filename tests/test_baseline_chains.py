@@ -350,6 +350,7 @@ ES_CFG = {
 }
 
 
+@pytest.mark.slow  # minutes; the plain IMP chain's kill-and-resume stays in the default suite
 def test_es_chain_killed_mid_level_resumes_bitwise_identically(tmp_path):
     exp = imp.parse_config(copy.deepcopy(ES_CFG))
     imp.run_experiment(exp, tmp_path / "full", console=quiet())

@@ -257,6 +257,7 @@ def damage(path: Path, kind: str) -> None:
         path.write_bytes(np.random.default_rng(0).bytes(len(data)))
 
 
+@pytest.mark.slow  # its reference runs take minutes; the imp case below stays in the default suite
 @pytest.mark.parametrize("kind", ["truncated", "empty", "random"])
 def test_a_damaged_slt_checkpoint_is_reported_deleted_and_the_job_rerun(tmp_path, references, kind):
     exp = slt.parse_config(SLT_CFG)

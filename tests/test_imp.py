@@ -101,7 +101,9 @@ def level_dirs(root: Path):
 # resume
 
 
-@pytest.mark.parametrize("kill_after", [2, 7])  # level 0 at generation 10; level 1 at generation 15
+@pytest.mark.parametrize(  # level 0 at generation 10; level 1 at generation 15 (minutes: -m slow)
+    "kill_after", [2, pytest.param(7, marks=pytest.mark.slow)]
+)
 def test_resume_after_kill_mid_level_is_bitwise_identical(full_run, tmp_path, kill_after):
     exp = imp.parse_config(TINY)
     seen = []
