@@ -5,13 +5,12 @@ shared, and a run killed between levels resumes to the bytes of an uninterrupted
 from __future__ import annotations
 
 import copy
-import io
 import json
 
 import jax
 import numpy as np
 import pytest
-from rich.console import Console
+from test_imp_control import Killed, npz_bytes, quiet  # the same kill stand-in and byte view
 
 from es_lottery.experiments import imp
 from es_lottery.gradient import ppo
@@ -38,22 +37,6 @@ TINY = {
     "criteria": ["magnitude", "random_reinit"],
     "seeds": 1,
 }
-
-
-class Killed(Exception):
-    """Stands in for SIGKILL."""
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=150)
-
-
-def npz_bytes(root):
-    out = {}
-    for f in sorted(root.rglob("*.npz")):
-        with np.load(f) as data:
-            out[str(f.relative_to(root))] = {k: data[k].tobytes() for k in data.files}
-    return out
 
 
 @pytest.fixture(scope="module")
