@@ -311,25 +311,18 @@ class PPOConfig:
 
 
 # CPU-sized settings tested here (tests/test_ppo.py; the budgets there are the ones that pass reliably).
+_DISCRETE_PRESET = dict(
+    total_env_steps=163_840,
+    num_envs=16,
+    rollout_length=128,
+    update_epochs=4,
+    num_minibatches=4,
+    learning_rate=2.5e-3,
+    ent_coef=0.01,
+)
 PRESETS: dict[str, dict] = {
-    "CartPole-v1": dict(
-        total_env_steps=163_840,
-        num_envs=16,
-        rollout_length=128,
-        update_epochs=4,
-        num_minibatches=4,
-        learning_rate=2.5e-3,
-        ent_coef=0.01,
-    ),
-    "Acrobot-v1": dict(
-        total_env_steps=163_840,
-        num_envs=16,
-        rollout_length=128,
-        update_epochs=4,
-        num_minibatches=4,
-        learning_rate=2.5e-3,
-        ent_coef=0.01,
-    ),
+    "CartPole-v1": dict(_DISCRETE_PRESET),
+    "Acrobot-v1": dict(_DISCRETE_PRESET),  # the same settings serve both discrete-action tasks
     "Pendulum-v1": dict(
         total_env_steps=409_600,
         num_envs=32,
