@@ -85,6 +85,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from es_lottery import masks as masks_lib
+from es_lottery import networks
 from es_lottery.networks import ACTIVATION_FNS, MLP, PaperCNN
 
 METRICS = ("accuracy", "cross_entropy", "mse")
@@ -134,7 +135,10 @@ def population_size(tree) -> int:
         raise ValueError(
             f"every leaf needs the same leading population axis, got sizes {sorted(map(str, sizes))}"
         )
-    return int(sizes.pop())
+    size = int(sizes.pop())
+    if size < 1:
+        raise ValueError("the population is empty (leading axis 0); pass at least one member")
+    return size
 
 
 def check_data(module: nn.Module, x, y, metrics=("accuracy",)) -> None:
@@ -148,11 +152,30 @@ def check_data(module: nn.Module, x, y, metrics=("accuracy",)) -> None:
     )
     if not ok:
         raise ValueError(f"input x must have shape (n, {', '.join(map(str, expect))}), got {x_shape}")
+    if x_shape[0] < 1:
+        raise ValueError("the data are empty (x has 0 examples); pass at least one example")
     if np.shape(y)[:1] != x_shape[:1]:
         raise ValueError(f"labels y must have {x_shape[0]} entries (one per input), got shape {np.shape(y)}")
     integer = jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer)
     if ("accuracy" in metrics or "cross_entropy" in metrics) and not (integer and np.ndim(y) == 1):
         raise TypeError("metrics 'accuracy'/'cross_entropy' need integer class labels y of shape (n,)")
+    class_metrics = "accuracy" in metrics or "cross_entropy" in metrics
+    if class_metrics and not isinstance(y, jax.core.Tracer):  # labels under a trace cannot be read here
+        n_out = num_outputs(module, x_shape[1:])
+        lo, hi = int(np.min(y)), int(np.max(y))
+        if lo < 0 or hi >= n_out:
+            raise ValueError(
+                f"labels y lie in [{lo}, {hi}], but the network's {n_out} output(s) allow the classes "
+                f"0 … {n_out - 1}"
+            )
+
+
+def num_outputs(module: nn.Module, input_shape: Sequence[int] | None = None) -> int:
+    """The network's number of outputs (logits), from shapes only (nothing is computed)."""
+    params = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
+    shape = tuple(getattr(module, "input_shape", None) or input_shape)
+    xb = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    return int(jax.eval_shape(lambda p, x: networks.apply(module, p, x), params, xb).shape[-1])
 
 
 def _resolve_chunk(chunk_size, n: int, per_example_bytes: int) -> int:

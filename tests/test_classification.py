@@ -235,11 +235,26 @@ def test_tfds_data_source_mocked(tmp_path, monkeypatch):
 
 def test_missing_data_lists_searched_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("ES_LOTTERY_IDX_DIR", str(tmp_path / "env_idx"))
+    with pytest.raises(FileNotFoundError) as err:
+        C.image_dataset("kmnist", data_dir=tmp_path / "tfds_dir")
+    msg = str(err.value)
+    for p in (tmp_path / "env_idx" / "kmnist", tmp_path / "env_idx", tmp_path / "tfds_dir"):
+        assert str(p) in msg
+    assert "download=True" in msg and "ES_LOTTERY_IDX_DIR" in msg
+    assert not (tmp_path / "tfds_dir" / "downloads").exists()  # nothing was downloaded
+
+
+def test_explicit_idx_dir_is_the_only_place_searched(tmp_path, monkeypatch):
+    # another usable copy exists (the env var's): an explicit idx_dir that is missing or empty must not
+    # fall back to it, nor to tfds
+    _fake_idx_dir(tmp_path / "env", 3, 2)
+    monkeypatch.setenv("ES_LOTTERY_IDX_DIR", str(tmp_path / "env"))
+    assert C.image_dataset("kmnist").x_train.shape == (3, 28, 28, 1)  # the copy is found without idx_dir
+    with pytest.raises(FileNotFoundError, match=f"idx_dir {tmp_path / 'nonexistent'}: no such directory"):
+        C.load_dataset("kmnist", idx_dir=tmp_path / "nonexistent")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError) as err:
         C.image_dataset("kmnist", idx_dir=tmp_path / "empty", data_dir=tmp_path / "tfds_dir")
     msg = str(err.value)
-    for p in (tmp_path / "empty" / "kmnist", tmp_path / "empty", tmp_path / "env_idx", tmp_path / "tfds_dir"):
-        assert str(p) in msg
-    assert "download=True" in msg and "ES_LOTTERY_IDX_DIR" in msg
-    assert not (tmp_path / "tfds_dir" / "downloads").exists()  # nothing was downloaded
+    assert str(tmp_path / "empty" / "kmnist") in msg and str(tmp_path / "env") not in msg
+    assert "idx_dir=" in msg and "skipped" in msg  # tfds was not tried either

@@ -533,3 +533,20 @@ def test_a_crash_never_exits_0(tmp_path, monkeypatch):
     assert code == 1
     assert "error: RuntimeError: LLVM compilation error: Cannot allocate memory" in text
     assert "rerun the same command to resume" in text
+
+
+@pytest.mark.parametrize(
+    "patch, expect",
+    [
+        ({"dataset": "mnist", "dataset_args": {"idx_dir": "/nonexistent"}}, "idx_dir /nonexistent"),
+        ({"network": {"name": "mlp", "sizes": [64, 8, 3]}}, "network: the network has 3 outputs"),
+        ({"network": {"name": "mlp", "sizes": [10, 8, 10]}}, "network: mlp takes inputs of shape (10,)"),
+    ],
+)
+def test_imp_errors_found_before_the_store_is_touched(tmp_path, patch, expect):
+    # data that cannot be found or do not fit the network: one line naming it, and no directory created
+    cfg = write_config(tmp_path, {**IMP_CFG, **patch})
+    code, text = run_cli(["imp", str(cfg), "--out", str(tmp_path / "runs")])
+    assert code == 2 and text.count("\n") == 1 and "Traceback" not in text, text
+    assert expect in text
+    assert not (tmp_path / "runs").exists()

@@ -391,6 +391,29 @@ def test_incongruent_masks_name_the_leaf(small):
         pop.evaluate_masks(module, params, wrong, x, y)
 
 
+def test_labels_out_of_range_empty_data_and_empty_population_are_rejected(small):
+    module, params, masks, member_params, x, y = small
+    n_out = np.shape(params["dense_2"]["kernel"])[-1]  # the last layer's width: the classes allowed
+    for bad_label in (n_out, -1):
+        y_bad = np.asarray(y).copy()
+        y_bad[3] = bad_label
+        expect = rf"labels y lie in \[{min(bad_label, 0)}, .*0 … {n_out - 1}"
+        with pytest.raises(ValueError, match=expect):
+            pop.evaluate_masks(module, params, masks, x, y_bad)
+        with pytest.raises(ValueError, match=expect):
+            pop.evaluate_params(module, member_params, x, y_bad)
+    with pytest.raises(ValueError, match="data are empty"):
+        pop.evaluate_params(module, member_params, np.asarray(x)[:0], np.asarray(y)[:0])
+    empty = jax.tree_util.tree_map(lambda a: np.asarray(a)[:0], member_params)
+    with pytest.raises(ValueError, match="population is empty"):
+        pop.evaluate_params(module, empty, x, y)
+    with pytest.raises(ValueError, match="population is empty"):
+        pop.evaluate_masks(module, params, jax.tree_util.tree_map(lambda a: np.asarray(a)[:0], masks), x, y)
+    # the labels are only read when concrete: under jit the check is skipped, and the kernel still runs
+    out = jax.jit(lambda yy: pop.evaluate_params(module, member_params, x, yy)["accuracy"])(y)
+    np.testing.assert_array_equal(out, pop.evaluate_params(module, member_params, x, y)["accuracy"])
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "big"])
 def test_bad_chunk_size(small, bad):
     module, _, _, member_params, x, y = small

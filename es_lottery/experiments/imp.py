@@ -96,7 +96,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from es_lottery import masks as masks_lib
-from es_lottery import networks, plots
+from es_lottery import networks, plots, population
 from es_lottery.experiments import config as config_lib
 from es_lottery.experiments import locks
 from es_lottery.experiments.common import (
@@ -461,9 +461,7 @@ def check_fit(exp: IMPExperiment, module: nn.Module, data: classification.Datase
             f"network: {exp.network.name} takes inputs of shape {want}, but dataset "
             f"{exp.dataset!r} has inputs of shape {x_shape}"
         )
-    shapes = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
-    xb = jax.ShapeDtypeStruct((1, *want), jnp.float32)
-    n_out = jax.eval_shape(lambda p, x: networks.apply(module, p, x), shapes, xb).shape[-1]
+    n_out = population.num_outputs(module)
     if n_out < data.num_classes:
         raise ValueError(
             f"network: the network has {n_out} outputs but dataset {exp.dataset!r} has "

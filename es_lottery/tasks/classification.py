@@ -270,7 +270,12 @@ def default_mnist_dir() -> Path | None:
 
 
 def _idx_candidates(name: str, idx_dir) -> list[Path]:
-    roots = [Path(p) for p in (idx_dir, os.environ.get("ES_LOTTERY_IDX_DIR")) if p]
+    if idx_dir is not None:  # an explicit directory is the only place searched: never another copy
+        root = Path(idx_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"idx_dir {root}: no such directory (pass a directory of IDX files)")
+        return [root / name, root]
+    roots = [Path(p) for p in (os.environ.get("ES_LOTTERY_IDX_DIR"),) if p]
     out = [d for r in roots for d in (r / name, r)]
     if name == "mnist" and (shared := default_mnist_dir()) is not None:
         out.append(shared)
@@ -321,8 +326,9 @@ def image_dataset(
     directory with only the t10k files, whose test set is split into the first ``split_train`` images
     (default 80 %, i.e. 8000 of 10000) for training and the rest for testing. ``test_split_only=True``
     forces that split even when train files exist. ``split_train`` is only used in test-split mode.
-    ``download=True`` lets tfds download; nothing is downloaded otherwise. Raises ``FileNotFoundError``
-    listing every location searched.
+    ``download=True`` lets tfds download; nothing is downloaded otherwise. An explicit ``idx_dir`` (or its
+    ``<name>/`` subdirectory) is the only place searched — a missing one is an error, never a fallback to
+    another copy. Raises ``FileNotFoundError`` listing every location searched.
     """
     if name not in IMAGE_DATASETS:
         raise ValueError(f"dataset must be one of {IMAGE_DATASETS} for image_dataset, got {name!r}")
@@ -349,6 +355,8 @@ def image_dataset(
                     test_split_only=False,
                 )
         try:
+            if idx_dir is not None:
+                raise FileNotFoundError(f"skipped (idx_dir={str(idx_dir)!r} given)")
             tr, te = (_tfds_arrays(name, s, data_dir, download) for s in ("train", "test"))
             return finish(
                 *tr, *te, source="tfds", path=str(data_dir or "tfds default"), test_split_only=False
@@ -636,7 +644,7 @@ def make_task(
         if not (key[:2] in ("x_", "y_") and key[2:] in SPLITS):
             raise ValueError(f"unknown data array {key!r}; allowed: x_/y_ + one of {', '.join(SPLITS)}")
     module.validate()
-    n_out = _n_outputs(module)
+    n_out = population.num_outputs(module)
     # a 1-output network is a binary classifier on its logit under the log loss; the kernels' argmax needs
     # one output per class
     classes = 2 if n_out == 1 and objective == "log_loss" else n_out
@@ -680,12 +688,6 @@ def make_task(
         score_key="accuracy",
         sharding=distributed.resolve_sharding(sharding),
     )
-
-
-def _n_outputs(module: nn.Module) -> int:
-    params = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
-    xb = jax.ShapeDtypeStruct((1, *module.input_shape), jnp.float32)
-    return int(jax.eval_shape(lambda p, x: networks.apply(module, p, x), params, xb).shape[-1])
 
 
 def _check_split(module: nn.Module, x, y, split: str, classes: int, n_out: int):
