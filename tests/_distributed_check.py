@@ -57,7 +57,7 @@ def main(out: str, process_id: int, num_processes: int, port: int) -> None:
         )
     theta0 = networks.init_params(jax.random.key(1), module)
     task, theta0 = distributed.replicate((task, theta0), sharding)
-    state, hist = es.train(jax.random.key(2), theta0, masks_lib.ones(theta0), task, cfg, 3, 3)
+    state, hist = es.run(jax.random.key(2), theta0, masks_lib.ones(theta0), task, cfg, 3, 3)
     result = {
         "process_index": distributed.process_index(),
         "process_count": distributed.process_count(),

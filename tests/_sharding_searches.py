@@ -70,7 +70,7 @@ def case_es():
         task = es.make_classification_task(
             module, data.x_train, data.y_train, data.x_test, data.y_test, batch_size=128
         )
-        state, hist = es.train(jax.random.key(2), theta0, masks_lib.ones(theta0), task, cfg, 4, 2)
+        state, hist = es.run(jax.random.key(2), theta0, masks_lib.ones(theta0), task, cfg, 4, 2)
         return (state, hist), hist["train"]["fitness_max"]
 
     return run
@@ -105,7 +105,7 @@ def case_control(common: bool):
             common_keys=common,
         )
         theta0 = task.init_params(jax.random.key(4))
-        state, hist = es.train(jax.random.key(5), theta0, masks_lib.ones(theta0), task, cfg, 3, 3)
+        state, hist = es.run(jax.random.key(5), theta0, masks_lib.ones(theta0), task, cfg, 3, 3)
         return (state, hist), hist["train"]["fitness_max"]
 
     return run

@@ -483,7 +483,7 @@ def test_es_solves_cartpole():
         state = es.init(jax.random.key(1), theta0, masks.ones(theta0), config, task=task)
     except TypeError:  # an ES without stateful-task support
         pytest.xfail("es.init does not take the task (its observation statistics) yet")
-    state, hist = es.run(jax.random.key(2), state, task, config, 20, 5)
+    state, hist = es.advance(jax.random.key(2), state, task, config, 20, 5)
     assert float(state.best_eval) == 500.0
     assert float(hist["eval"]["return"][-1]) >= 475.0
     assert float(state.task_state.count) > 0  # the normaliser travelled in the ES state

@@ -130,7 +130,7 @@ def test_train_solves_linear_regression():
     task = es.make_task(fitness, evaluate)
     config = es.ESConfig("Sep_CMA_ES", 16, sigma_init=0.3)
     theta0 = {"w": jnp.zeros(4)}
-    state, hist = es.train(jax.random.key(5), theta0, {"w": np.ones(4, bool)}, task, config, 140, 50)
+    state, hist = es.run(jax.random.key(5), theta0, {"w": np.ones(4, bool)}, task, config, 140, 50)
     assert hist["eval"]["score"].shape == (3,) and hist["train"]["fitness_mean"].shape == (140,)
     np.testing.assert_array_equal(hist["eval"]["generation"], [50, 100, 140])  # the remainder chunk too
     np.testing.assert_allclose(es.best_mean_params(state)["w"], w_star, atol=1e-3)
@@ -327,13 +327,13 @@ def test_classification_fitness_is_minus_ce_on_a_fresh_batch(classification):
     )
 
 
-def test_train_keeps_best_mean_and_resumes_exactly(classification):
+def test_run_keeps_best_mean_and_advance_resumes_exactly(classification):
     module, task = classification
     theta0 = networks.init_params(jax.random.key(21), module)
     mask = _random_mask(theta0, 0.6, 22)
     config = es.ESConfig("SNES", 8, sigma_init=0.05)
     key = jax.random.key(23)
-    state, hist = es.train(key, theta0, mask, task, config, num_generations=6, eval_every=3)
+    state, hist = es.run(key, theta0, mask, task, config, num_generations=6, eval_every=3)
     np.testing.assert_array_equal(hist["eval"]["generation"], [3, 6])
     assert hist["train"]["fitness_mean"].shape == (6,)
     assert float(state.best_eval) == pytest.approx(float(np.max(hist["eval"]["accuracy"])))
@@ -343,8 +343,8 @@ def test_train_keeps_best_mean_and_resumes_exactly(classification):
     # the same run in two pieces (as after a checkpoint) gives identical results
     k_init, k_run = jax.random.split(key)
     s = es.init(k_init, theta0, mask, config)
-    s, _ = es.run(k_run, s, task, config, 3, 3)
-    s, h2 = es.run(k_run, s, task, config, 3, 3)
+    s, _ = es.advance(k_run, s, task, config, 3, 3)
+    s, h2 = es.advance(k_run, s, task, config, 3, 3)
     np.testing.assert_array_equal(s.es_state.mean, state.es_state.mean)
     np.testing.assert_array_equal(h2["eval"]["accuracy"], hist["eval"]["accuracy"][1:])
 
@@ -391,9 +391,18 @@ def test_state_and_config_must_match():
     with pytest.raises(ValueError, match="algorithm"):
         es.step(jax.random.key(1), state, _quad_task(), CONFIGS["PGPE"])
     with pytest.raises(ValueError, match="search_space"):
-        es.run(jax.random.key(1), state, _quad_task(), CONFIGS["SNES"].replace(search_space="masked"), 2, 1)
+        masked = CONFIGS["SNES"].replace(search_space="masked")
+        es.advance(jax.random.key(1), state, _quad_task(), masked, 2, 1)
     with pytest.raises(ValueError, match="num_generations"):
-        es.run(jax.random.key(1), state, _quad_task(), CONFIGS["SNES"], 0, 1)
+        es.advance(jax.random.key(1), state, _quad_task(), CONFIGS["SNES"], 0, 1)
+    # the verbs: run is fresh, advance continues; a state handed to run says which to call, and the old
+    # name of run still works (with a warning)
+    with pytest.raises(TypeError, match=r"es\.advance"):
+        es.run(jax.random.key(1), state, _quad_task(), CONFIGS["SNES"], 2, 1)
+    with pytest.warns(DeprecationWarning, match=r"es\.run"):
+        old, _ = es.train(jax.random.key(1), THETA0, FULL_MASK, _quad_task(), CONFIGS["SNES"], 2, 1)
+    new, _ = es.run(jax.random.key(1), THETA0, FULL_MASK, _quad_task(), CONFIGS["SNES"], 2, 1)
+    np.testing.assert_array_equal(old.es_state.mean, new.es_state.mean)
 
 
 def test_explicit_shaping_and_optimizers_build():

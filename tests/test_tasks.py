@@ -54,7 +54,7 @@ def test_user_fitness_runs_through_the_es():
     )
     theta0 = {"w": jnp.zeros(3, jnp.float32)}
     config = es.ESConfig("SNES", 16, sigma_init=0.3)
-    state, hist = es.train(jax.random.key(1), theta0, {"w": np.ones(3, bool)}, task, config, 150, 50)
+    state, hist = es.run(jax.random.key(1), theta0, {"w": np.ones(3, bool)}, task, config, 150, 50)
     np.testing.assert_allclose(np.asarray(es.mean_params(state)["w"]), np.asarray(center), atol=0.1)
     assert hist["eval"]["score"][-1] > -0.02
 
@@ -98,14 +98,14 @@ def test_es_threads_the_task_state_and_keeps_it_with_the_best_mean():
     task = _Counting()
     config = es.ESConfig("SNES", 8, sigma_init=0.1)
     theta0, mask = {"w": jnp.ones(4)}, {"w": np.ones(4, bool)}
-    state, hist = es.train(jax.random.key(3), theta0, mask, task, config, 12, 4)
+    state, hist = es.run(jax.random.key(3), theta0, mask, task, config, 12, 4)
     assert int(state.task_state) == 12  # one fitness call per generation
     assert int(state.best_task_state) == 12  # the best evaluation (the last) carries its state
     np.testing.assert_array_equal(hist["eval"]["score"], [4.0, 8.0, 12.0])
     # an ES initialised without the task's state is told how to fix it
     bare = es.init(jax.random.key(4), theta0, mask, config)
     with pytest.raises(ValueError, match="task=task"):
-        es.run(jax.random.key(5), bare, task, config, 2, 1)
+        es.advance(jax.random.key(5), bare, task, config, 2, 1)
 
 
 def test_objects_that_are_not_tasks_are_named():

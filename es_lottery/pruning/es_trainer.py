@@ -336,7 +336,7 @@ class ESTrainer:
         while generation < total:
             n = min(cfg.segment, total - generation)
             t0 = time.perf_counter()
-            state, hist = es.run(k_run, state, self.task, cfg.es, n, cfg.eval_every)
+            state, hist = es.advance(k_run, state, self.task, cfg.es, n, cfg.eval_every)
             state = _as_device(state)
             seconds = time.perf_counter() - t0
             hist = _host(hist)

@@ -1,8 +1,8 @@
 """The searches: the strong-ticket GA (``ga_slt``), the evosax adapter (``es``) and NeTS (``nets``).
 
 Every search is a set of pure functions of explicit keys: ``init`` → state, ``step`` → (state, metrics),
-``advance`` continues a state; ``ga_slt.run`` / ``nets.run`` run a whole search, ``es.train`` a whole ES
-(``es.ask`` / ``es.tell`` for a loop of your own). Names load lazily.
+``advance`` continues a state; ``run`` is a whole fresh search (``ga_slt.run``, ``nets.run``, ``es.run``;
+``es.ask`` / ``es.tell`` for a loop of your own). Names load lazily.
 """
 
 from es_lottery._lazy import attach

@@ -21,9 +21,9 @@ What it adds to evosax
   PGPE/SNES/DES ``state.std`` (a vector); Sep-CMA-ES ``state.std · sqrt(C)`` (exactly what ``ask`` samples
   with: ``sqrt(clip(C, 0, 1e8) + 1e-8)``); ARS/Open-ES a scalar ``std`` broadcast (so SNR = magnitude);
   CMA-ES ``std · sqrt(diag C)``.
-* **Pure, jittable training** (:func:`init`, :func:`step`, :func:`run`, :func:`train`): ``run`` is a
-  ``lax.scan`` over chunks of ``eval_every`` generations; after each chunk the mean is evaluated and the
-  best-scoring search state kept.
+* **Pure, jittable training** (:func:`init`, :func:`step`, :func:`run` for a fresh ES, :func:`advance` to
+  continue a state — the GA's and NeTS's verbs): ``advance`` is a ``lax.scan`` over chunks of
+  ``eval_every`` generations; after each chunk the mean is evaluated and the best-scoring search state kept.
 
 evosax details that matter (0.3.2)
 ----------------------------------
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -759,35 +760,54 @@ def _run(key, state, task, config, num_generations, eval_every):
     return state, {"eval": cat(*rows), "train": cat(*trains)}
 
 
-def run(key: jax.Array, state: ESRunState, task, config: ESConfig, num_generations: int, eval_every: int):
+def advance(
+    key: jax.Array,
+    state: ESRunState,
+    task,
+    config: ESConfig,
+    num_generations: int,
+    eval_every: int | None = None,
+):
     """Continue ``state`` for ``num_generations`` generations (generation g uses
     ``generation_key(key, g)``, so runs split into pieces with the same key reproduce one long run).
 
-    After every ``eval_every`` generations (and at the end) the mean is evaluated with ``task.eval_fn`` and
-    the best-scoring search state kept. Returns ``(state, history)`` with ``history["eval"]`` (one row per
-    evaluation: ``generation``, the eval metrics, ``best_eval``) and ``history["train"]`` (one row per
-    generation: fitness statistics, ``n_nonfinite``, ``mean_norm``, ``std_mean``).
+    After every ``eval_every`` generations (and at the end; None: only at the end) the mean is evaluated
+    with ``task.eval_fn`` and the best-scoring search state kept. Returns ``(state, history)``:
+    ``history["eval"]`` has one row per evaluation (``generation``, the eval metrics, ``best_eval``),
+    ``history["train"]`` one row per generation (fitness statistics, ``n_nonfinite``, ``mean_norm``,
+    ``std_mean``).
     """
     config = _check_config(config, state)
     _check_task_state(task, state)
     num_generations = check_int(num_generations, "num_generations", 1)
-    eval_every = check_int(eval_every, "eval_every", 1)
+    eval_every = num_generations if eval_every is None else check_int(eval_every, "eval_every", 1)
     return _run(key, state, task, config, num_generations, min(eval_every, num_generations))
 
 
-def train(
+def run(
     key: jax.Array,
     theta0: PyTree,
     mask: PyTree,
     task,
     config: ESConfig,
     num_generations: int,
-    eval_every: int,
+    eval_every: int | None = None,
 ):
-    """A fresh ES from θ₀ on ``mask`` for ``num_generations``: ``(final state, history)`` (see :func:`run`).
-
-    Use :func:`mean_params`, :func:`best_mean_params` and :func:`std_params` on the final state.
+    """A FRESH ES from θ₀ on ``mask`` for ``num_generations``: ``(final state, history)`` (see
+    :func:`advance`, which continues a state). Use :func:`mean_params`, :func:`best_mean_params` and
+    :func:`std_params` on the final state.
     """
+    if isinstance(theta0, ESRunState):
+        raise TypeError(
+            "es.run starts a fresh ES from (key, theta0, mask, task, config, …); to continue a state, "
+            "call es.advance(key, state, task, config, num_generations, eval_every)"
+        )
     k_init, k_run = jax.random.split(key)
     state = init(k_init, theta0, mask, config, task)
-    return run(k_run, state, task, config, num_generations, eval_every)
+    return advance(k_run, state, task, config, num_generations, eval_every)
+
+
+def train(*args, **kwargs):
+    """Deprecated name of :func:`run` (a fresh ES); kept so that older research code keeps working."""
+    warnings.warn("es.train is now es.run (fresh); es.advance continues a state", DeprecationWarning, 2)
+    return run(*args, **kwargs)
