@@ -31,8 +31,10 @@ devices, the same numbers for every N; ``--devices 2`` uses both cores of a 2-co
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata as md
 import sys
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -168,24 +170,23 @@ def cmd_slt(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def cmd_imp(args: argparse.Namespace, console: Console) -> int:
-    with _placement(args, console) as (out, console):  # before JAX starts (evosax's import starts it)
-        from es_lottery.experiments import imp
+def _driver_command(driver: str) -> Callable[[argparse.Namespace, Console], int]:
+    """``es-lottery imp`` / ``nets``: load the config, run (or resume) it, print the run directory."""
 
-        exp = imp.load_config(args.config, seeds=args.seeds)
-        path = imp.run_experiment(exp, out=out, console=console)
-        console.print(f"run directory: {path}")
-    return 0
+    def cmd(args: argparse.Namespace, console: Console) -> int:
+        with _placement(args, console) as (out, console):  # before JAX starts (evosax's import starts it)
+            module = importlib.import_module(f"es_lottery.experiments.{driver}")
+            exp = module.load_config(args.config, seeds=args.seeds)
+            path = module.run_experiment(exp, out=out, console=console)
+            console.print(f"run directory: {path}")
+        return 0
+
+    cmd.__name__ = f"cmd_{driver}"
+    return cmd
 
 
-def cmd_nets(args: argparse.Namespace, console: Console) -> int:
-    with _placement(args, console) as (out, console):  # before JAX starts (evosax's import starts it)
-        from es_lottery.experiments import nets
-
-        exp = nets.load_config(args.config, seeds=args.seeds)
-        path = nets.run_experiment(exp, out=out, console=console)
-        console.print(f"run directory: {path}")
-    return 0
+cmd_imp = _driver_command("imp")
+cmd_nets = _driver_command("nets")
 
 
 def cmd_migrate(args: argparse.Namespace, console: Console) -> int:
@@ -198,8 +199,6 @@ def cmd_migrate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    import importlib
-
     return importlib.import_module(f"es_lottery.experiments.reports.{args.page}").main(args=args)
 
 

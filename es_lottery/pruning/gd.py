@@ -37,10 +37,10 @@ import numpy as np
 import optax
 
 from es_lottery import masks as masks_lib
-from es_lottery import networks
+from es_lottery import networks, population
 from es_lottery._checks import check_int
 from es_lottery.pruning.loop import TrainResult
-from es_lottery.tasks.supervised import TrainConfig, epoch_batches, evaluate_ticket, train_ticket
+from es_lottery.tasks.supervised import TrainConfig, evaluate_ticket, masked_train, train_ticket
 
 PyTree = Any
 
@@ -76,16 +76,6 @@ class GDConfig:
         return dataclasses.replace(self, **kw)
 
 
-def _masked(tree: PyTree, mask: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
-
-
-def _batch_loss(params, module, x, y, w):
-    logits = networks.apply(module, params, x)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
-
-
 def accuracy_and_loss(
     module: nn.Module, params: PyTree, x, y, chunk: int = 1024
 ) -> tuple[jax.Array, jax.Array]:
@@ -111,28 +101,10 @@ def train_masked(
     metrics: ``train_loss`` (per epoch, mean over the epoch's samples of the pre-update batch losses),
     ``test_accuracy``, ``test_loss``.
     """
-    n = x_train.shape[0]
-    bs = min(int(config.batch_size), n)
     opt = optax.adam(config.learning_rate)
-    params = _masked(theta0, mask)
-    opt_state = opt.init(params)
-    grad_fn = jax.value_and_grad(_batch_loss)
-
-    def step(carry, batch):
-        params, opt_state = carry
-        idx, w = batch
-        loss, grads = grad_fn(params, module, x_train[idx], y_train[idx], w)
-        grads = _masked(grads, mask)  # masked gradients …
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = _masked(optax.apply_updates(params, updates), mask)  # … and the mask re-applied
-        return (params, opt_state), loss * jnp.sum(w)
-
-    def epoch(carry, e):
-        idx, w = epoch_batches(jax.random.fold_in(key, e), n, bs)
-        carry, weighted = jax.lax.scan(step, carry, (idx, w))
-        return carry, jnp.sum(weighted) / n
-
-    (params, _), train_loss = jax.lax.scan(epoch, (params, opt_state), jnp.arange(config.epochs))
+    params, train_loss = masked_train(
+        key, theta0, mask, x_train, y_train, module, opt, config.epochs, config.batch_size
+    )
     acc, test_loss = accuracy_and_loss(module, params, x_test, y_test, config.eval_chunk)
     return params, {"train_loss": train_loss, "test_accuracy": acc, "test_loss": test_loss}
 
@@ -164,9 +136,7 @@ class GDTrainer:
             if not np.issubdtype(np.asarray(y).dtype, np.integer) or np.min(y) < 0:
                 raise ValueError(f"y_{name} must hold integer class labels ≥ 0")
             if out_dim is None:
-                params = jax.eval_shape(lambda: networks.init_params(jax.random.key(0), module))
-                xb = jax.ShapeDtypeStruct((1, *in_shape), jnp.float32)
-                out_dim = jax.eval_shape(lambda p, xb: networks.apply(module, p, xb), params, xb).shape[-1]
+                out_dim = population.num_outputs(module)
             if int(np.max(y)) >= out_dim:
                 raise ValueError(f"y_{name} has label {int(np.max(y))} but the network has {out_dim} outputs")
         # inputs reshaped to the module's input shape (flattened images are accepted)

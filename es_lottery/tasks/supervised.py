@@ -103,23 +103,25 @@ def _batch_loss(params, module, x, y, w):
     return jnp.sum(w * loss) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def sgd_train(
+def masked_train(
     key: jax.Array,
     params: PyTree,
     mask: PyTree,
     x: jax.Array,
     y: jax.Array,
     module: nn.Module,
-    config: TrainConfig,
+    opt: optax.GradientTransformation,
+    epochs: int,
+    batch_size: int,
 ) -> tuple[PyTree, jax.Array]:
-    """Masked SGD from ``params ⊙ mask``: (trained params, per-epoch mean training loss).
+    """Masked minibatch training with the optax optimizer ``opt`` (fresh state) from ``params ⊙ mask``:
+    (trained params, per-epoch mean training loss).
 
     Gradients are masked and the mask is re-applied after every update, so pruned weights stay exactly 0.
     Epoch e shuffles with ``fold_in(key, e)``; every example counts once per epoch. Pure and vmap-safe.
     """
     n = x.shape[0]
-    bs = min(int(config.batch_size), n)
-    opt = optax.sgd(config.lr, momentum=config.momentum if config.momentum > 0 else None)
+    bs = min(int(batch_size), n)
     params = masks_lib.apply(params, mask)
     grad_fn = jax.value_and_grad(_batch_loss)
 
@@ -136,8 +138,23 @@ def sgd_train(
         carry, weighted = jax.lax.scan(step, carry, (idx, w))
         return carry, jnp.sum(weighted) / n
 
-    (params, _), losses = jax.lax.scan(epoch, (params, opt.init(params)), jnp.arange(config.epochs))
+    (params, _), losses = jax.lax.scan(epoch, (params, opt.init(params)), jnp.arange(epochs))
     return params, losses
+
+
+def sgd_train(
+    key: jax.Array,
+    params: PyTree,
+    mask: PyTree,
+    x: jax.Array,
+    y: jax.Array,
+    module: nn.Module,
+    config: TrainConfig,
+) -> tuple[PyTree, jax.Array]:
+    """Masked SGD (``config``'s rate and momentum) from ``params ⊙ mask``: (trained params, per-epoch mean
+    training loss) — :func:`masked_train` with ``optax.sgd``."""
+    opt = optax.sgd(config.lr, momentum=config.momentum if config.momentum > 0 else None)
+    return masked_train(key, params, mask, x, y, module, opt, config.epochs, config.batch_size)
 
 
 def train_population(
