@@ -167,7 +167,7 @@ def plain_step_fn(algo_name: str, module, theta0, batch: int):
     def step(key, es_state, x_all, y_all):
         k_ask, k_batch, k_tell = jax.random.split(key, 3)
         population, es_state = algo.ask(k_ask, es_state, params)
-        xb, yb = es.sample_batch(k_batch, x_all, y_all, batch)
+        xb, yb = classification.sample_batch(k_batch, x_all, y_all, batch)
         logits = jax.vmap(lambda p: module.apply({"params": unravel(p)}, xb))(population)  # (P, B, 10)
         logz = jax.nn.logsumexp(logits, axis=-1)
         ce = jnp.mean(logz - jnp.take_along_axis(logits, yb[None, :, None], axis=-1)[..., 0], axis=-1)
@@ -650,7 +650,7 @@ def main(argv=None) -> int:
         "* **Same run, same machine**: ours in this process, the plain loop in child processes started "
         "right after; both median of ≥ "
         f"{plain_repeats} generations after a warm-up call, compile excluded (`lower().compile()` timed "
-        "separately). Both draw a fresh batch per generation with `es.sample_batch`.",
+        "separately). Both draw a fresh batch per generation with `classification.sample_batch`.",
         "* **ours** = `es.step` as used by `es.run`/`es.train`: ask, `space.to_params` (scatter into the "
         "params tree), `population.eval_params_jit` (chunk 'auto'), NaN guard, tell, metrics (mean / max / "
         "min fitness, mean norm, mean std).",

@@ -301,15 +301,30 @@ def headline(payload: dict) -> list[dict]:
     es_t = payload.get("es_generation", {}).get("batches", {})
     if "1024" in es_t and "2 devices" in es_t["1024"]:
         one, two = es_t["1024"]["1 device"]["median_s"], es_t["1024"]["2 devices"]["median_s"]
+        # the most a second device can add: the cores two busy processes get over what ONE device already
+        # keeps busy (XLA:CPU runs the CNN's convolutions on several threads)
+        pair = min(c["pair"] for c in payload.get("cores_available", [{"pair": 2.0}]))
+        ceiling = pair / es_t["1024"]["1 device"]["cpu_per_wall"]
         rows.append(
             {
-                "what": "ES generation, paper CNN, P 128, batch 1024: 2 devices vs 1",
+                "what": "ES generation, paper CNN, P 128, batch 1024: 2 devices vs 1 "
+                f"(1 device already uses {es_t['1024']['1 device']['cpu_per_wall']:.2f} cores: "
+                f"ceiling {ceiling:.2f}×)",
                 "value": f"{two:.2f} s vs {one:.2f} s",
                 "ratio": one / two,
                 "goal": 1.6,
             }
         )
     plain = payload.get("plain_loop", {})
+    if plain.get("status") not in (None, "ok"):
+        rows.append(
+            {
+                "what": "ES generation, batch 256: ours vs plain evosax loop",
+                "value": f"plain loop {plain['status']} (its error is in scaling.json)",
+                "ratio": float("nan"),
+                "goal": 12.0,
+            }
+        )
     if plain.get("status") == "ok" and "256" in es_t:
         best = "2 devices" if "2 devices" in es_t["256"] else "1 device"
         ours = es_t["256"][best]["median_s"]
@@ -333,7 +348,7 @@ def headline(payload: dict) -> list[dict]:
             }
         )
     for r in rows:
-        r["met"] = r["ratio"] >= r["goal"]
+        r["met"] = bool(r["ratio"] >= r["goal"])  # NaN (a failed part): not met
     return rows
 
 
@@ -418,8 +433,11 @@ def main(args) -> int:
     capacity = [cores_available()]
     log(f"cores available: {capacity[-1]}")
     notes = [
-        "* Devices are host devices of ONE process (`distributed.configure(devices=4)`): XLA:CPU runs each "
-        "kernel on one thread, so a second device is a second core. With 2 cores, 4 devices cannot beat 2.",
+        "* Devices are host devices of ONE process (`distributed.configure(devices=4)`). XLA:CPU runs most "
+        "kernels on one thread, so a second device is a second core — but not the paper CNN's convolutions, "
+        "which already spread over the cores on one device (the CPU/wall column): there a second device "
+        "can add at most (cores two processes get) / (CPU/wall of one device). With 2 cores, 4 devices "
+        "cannot beat 2.",
         "* Sharded runs use fixed member blocks (`ceil(P/8)`; CNN: whole 4-member blocks) and are "
         "bit-identical on 1, 2 and 4 devices (tests/test_sharding_searches.py).",
         "* 'unsharded' = the task built outside `use_devices` (the whole population in one kernel call, "
@@ -465,6 +483,9 @@ def main(args) -> int:
     md, (jpath, mpath) = save(done, final=True)
     print(md)
     log(f"wrote {jpath} and {mpath}")
+    if payload.get("plain_loop", {}).get("status") not in (None, "ok"):
+        log(f"the plain evosax loop failed: {payload['plain_loop'].get('stderr_tail', '')[-600:]}")
+        return 1  # a part that failed is a failed benchmark (the suite reports it), not a missing row
     return 0
 
 
