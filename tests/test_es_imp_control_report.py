@@ -152,3 +152,26 @@ def test_shipped_control_configs_are_on_the_page():
     for name in ("cartpole_snes_cpu", "cartpole_ppo_cpu", "pendulum_sep_cma_cpu", "pendulum_ppo_cpu"):
         assert name in names
     assert not any(n.startswith(("mnist", "gd_")) for n in names)  # classification configs are not
+
+
+def test_budget_rows_of_a_classification_run_show_accuracies(tmp_path):
+    from es_lottery.experiments.reports import archive
+
+    row = {"criterion": "snr", "seed": 1, "level": 19, "density": 0.0144, "population_size": 64}
+    row["stored_test_accuracy"] = 0.8
+    archive.write_jsonl(
+        tmp_path / "mnist_x.budget.jsonl",
+        [
+            {**row, "num_generations": 1600, "test_accuracy": 0.87654, "seconds": 9},
+            {**row, "num_generations": 400, "test_accuracy": 0.8, "seconds": 2},
+        ],
+    )
+    lines = archive.budget_table(tmp_path, ["mnist_x", "absent"], "accuracy")
+    assert "scripts/es_budget.py configs/imp/mnist_x.yaml" in lines[0] and "stored accuracy" in lines[0]
+    body = [ln for ln in lines if ln.startswith("| snr")]
+    # sorted by budget: the config's own 64 × 400 first
+    assert body == [
+        "| snr | 1 | 19 | 1.44% | 64 × 400 | 0.8000 | 0.8000 | 2 |",
+        "| snr | 1 | 19 | 1.44% | 64 × 1600 | 0.8765 | 0.8000 | 9 |",
+    ]
+    assert archive.budget_table(tmp_path, ["absent"], "accuracy") == []

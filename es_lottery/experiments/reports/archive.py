@@ -18,7 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["from_store", "merge", "merge_levels", "read", "read_jsonl", "read_levels", "write_jsonl"]
+__all__ = [
+    "budget_table",
+    "from_store",
+    "merge",
+    "merge_levels",
+    "read",
+    "read_jsonl",
+    "read_levels",
+    "write_jsonl",
+]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -164,3 +173,34 @@ def read_levels(data: Path, name: str) -> tuple[dict | None, list[dict]]:
     run_path = data / RUN_FILE.format(name=name)
     meta = json.loads(run_path.read_text()) if run_path.exists() else None
     return meta, read_jsonl(data / LEVELS_FILE.format(name=name))
+
+
+def budget_table(data: Path, names: list[str], score: str = "return") -> list[str]:
+    """The rows of ``scripts/es_budget.py`` (stored levels retrained at other ES budgets); ``score``:
+    ``return`` (control) or ``accuracy`` (classification)."""
+    out = []
+    fmt = (lambda v: f"{v:.1f}") if score == "return" else (lambda v: f"{v:.4f}")
+    for name in names:
+        rows = read_jsonl(data / f"{name}.budget.jsonl")
+        if not rows:
+            continue
+        out += [
+            f"Budget check (`python scripts/es_budget.py configs/imp/{name}.yaml`): "
+            "stored levels of the run retrained from exactly their mask, start and training key at other "
+            f"ES budgets (population × generations; the config's own budget must give the stored {score}).",
+            "",
+            "| criterion | seed | level | density | population × generations "
+            f"| test {score} | stored {score} | seconds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(
+            rows,
+            key=lambda r: (r["criterion"], r["seed"], r["level"], r["population_size"], r["num_generations"]),
+        ):
+            out.append(
+                f"| {r['criterion']} | {r['seed']} | {r['level']} | {r['density']:.2%} | "
+                f"{r['population_size']} × {r['num_generations']} | {fmt(r[f'test_{score}'])} | "
+                f"{fmt(r[f'stored_test_{score}'])} | {r['seconds']:.0f} |"
+            )
+        out.append("")
+    return out

@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
             reference=reference,
         )
         sections += [f"![{exp.name}](es_imp/{png.name})", ""]
+        sections += archive.budget_table(archive_dir, [exp.name], "accuracy")
 
     # ES vs GD on the same data and network (the paper's Fig. 3)
     sections += ["## ES vs GD on the same data and network (Fig. 3 analogue)", ""]
@@ -280,6 +281,9 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
                 f"{fmt(*value_at(rows, c, last), exp.seeds)} | {exp.schedule.density(last):.4f} |"
             )
     cmp.append("")
+    discussion = getattr(args, "discussion", None)  # hand-written claims, appended verbatim
+    if discussion is not None and Path(discussion).exists():
+        sections += [Path(discussion).read_text().rstrip(), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join([*lines, "", *cmp, *sections]) + "\n")
     print(f"wrote {out}")

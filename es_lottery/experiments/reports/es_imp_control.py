@@ -261,39 +261,10 @@ def build_page(
         lines.append("")
         if paper:
             lines += [f"Paper ({paper['es']}): {paper['note']}.", ""]
-        lines += budget_table(data, [exp for exp, _ in runs])
+        lines += archive.budget_table(data, [exp.name for exp, _ in runs])
         secs = [r.get("seconds") or 0.0 for _, rows in runs for r in rows]
         lines += [f"Compute: {sum(secs) / 60:.1f} min over {len(secs)} level runs.", ""]
     return "\n".join(lines) + "\n"
-
-
-def budget_table(data: Path, exps: list[imp.IMPExperiment]) -> list[str]:
-    """The rows of ``scripts/es_imp_control_budget.py`` (stored levels retrained at other ES budgets)."""
-    out = []
-    for exp in exps:
-        rows = archive.read_jsonl(data / f"{exp.name}.budget.jsonl")
-        if not rows:
-            continue
-        out += [
-            f"Budget check (`python scripts/es_imp_control_budget.py configs/imp/{exp.name}.yaml`): "
-            "stored levels of the run retrained from exactly their mask, start and training key at other "
-            "ES budgets (population × generations; the config's own budget must give the stored return).",
-            "",
-            "| criterion | seed | level | density | population × generations | test return | stored return "
-            "| seconds |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in sorted(
-            rows,
-            key=lambda r: (r["criterion"], r["seed"], r["level"], r["population_size"], r["num_generations"]),
-        ):
-            out.append(
-                f"| {r['criterion']} | {r['seed']} | {r['level']} | {r['density']:.2%} | "
-                f"{r['population_size']} × {r['num_generations']} | {r['test_return']:.1f} | "
-                f"{r['stored_test_return']:.1f} | {r['seconds']:.0f} |"
-            )
-        out.append("")
-    return out
 
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
