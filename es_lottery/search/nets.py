@@ -1,8 +1,25 @@
 """Neuroevolution Ticket Search (NeTS, Jackson et al. 2023) as pure jitted functions.
 
 Weak lottery tickets: a genome is a (weights, mask) pair for every parameter of a network — biases carry
-weights only and are never masked (their mask leaves are all ones, as everywhere in this package). The
-population (``pop_size`` genomes, leading axis P on every leaf) is kept sorted best first.
+weights only and are never masked (their mask leaves are all ones, as everywhere in this package), except
+with the original's bias-free inits (``genome_init``, below). The population (``pop_size`` genomes, leading
+axis P on every leaf) is kept sorted best first.
+
+Initial genomes (``genome_init``):
+
+* ``"network"`` (default): the task's ``init_params`` as they are (the network's ``weight_init``; the
+  biases are genes, expressed and trained like the weights).
+* ``"kaiming_uniform"`` — the original CODE (``nets/genetic.py``, ``init_population``: torch's
+  ``kaiming_uniform_(a=√5)``): every prunable kernel entry ~ U(−1/√fan_in, 1/√fan_in), fan_in = the
+  product of all kernel dims but the last (dense: inputs; conv: kh·kw·inputs). NO biases: the original's
+  search builds its networks with ``bias=False``; here the bias leaves are 0 and their mask leaves are 0,
+  so they are never expressed, never trained (masked gradient) and crossover/dormancy/enabling leave them
+  off.
+* ``"normal"`` — the PAPER's text (§3.1: "a normal distribution with mean 0 and standard deviation 0.1"):
+  every prunable kernel entry ~ N(0, 0.1²), no biases as above.
+
+Weight resampling (mutation) draws from the same ``genome_init`` (the paper: "sampled identically to their
+original initialisation"; the original code resamples N(0, 0.1²) whatever the init).
 
 Fitness (MINIMISED, the only place in the package where lower is better — NeTS is defined that way)::
 
@@ -34,18 +51,24 @@ One generation (``step``), with E = ``n_elite`` and C = P − E children:
    reproduces the original code's roulette, whose probabilities are proportional to the min-max-normalised
    (minimised) fitness, so the best genome is never picked and worse ones are favoured — a compatibility
    switch only, never the default.
-2. Uniform crossover: with probability ``crossover_rate`` a child mixes its two parents entry by entry
-   (each entry from either parent with probability 1/2); otherwise it is a clone of its first parent.
-   ``crossover_mode="gene"`` takes the weight AND the mask bit of an entry from the same parent;
-   ``"independent"`` draws them separately.
+2. Uniform crossover. ``crossover="per_child"`` (default): with probability ``crossover_rate`` a child
+   mixes its two parents entry by entry (each entry from either parent with probability 1/2); otherwise it
+   is a clone of its first parent. ``crossover="per_gene"`` (the paper, §3.3, and the original code,
+   ``uniform_crossover``): EVERY child mixes its parents, each entry coming from the first parent with
+   probability ``crossover_rate`` and from the second otherwise. ``crossover_mode="gene"`` takes the
+   weight AND the mask bit of an entry from the same parent; ``"independent"`` draws them separately (the
+   original code draws one uniform per weight and per mask bit: ``"independent"``).
 3. Mutation, entry by entry: Gaussian weight noise (probability ``noise_rate``, ``w += noise_scale · ε``,
    applied once — the original scaled it twice), weight resampling from the init distribution
    (``resample_rate``), dormancy (prunable mask bit → 0 with ``dormancy_rate``) and, optionally, enabling
    (prunable mask bit → 1 with ``enable_rate``, default 0). Weights of dormant entries stay in the genome.
-4. The children are evaluated (elites keep their fitness), the E elites are copied bitwise unchanged, and
-   elites + children are sorted by (fitness, index).
+4. The E elites are copied bitwise unchanged and the children are evaluated; the elites keep their
+   fitness (default), or with ``reevaluate_elites`` they are evaluated again together with the children
+   (one call, the same key, so the same inner batch order: the original's drivers, 2 elites, evaluate the
+   whole population every generation). Elites + children are sorted by (fitness, index).
 
-The best genome ever seen is tracked (``best_params``/``best_mask``; with E ≥ 1 it is member 0).
+The best genome ever seen is tracked (``best_params``/``best_mask``; with E ≥ 1 and elites that keep
+their fitness it is member 0; a re-evaluated elite may score worse than when it was recorded).
 ``run`` stops after ``generations`` generations, or earlier when the best fitness has not changed for
 ``patience`` generations (``lax.while_loop``). Everything is a pure function of explicit keys:
 ``init(key, task, config)``, ``step(key, state, task, config)``, ``run(key, task, config)``;
@@ -70,7 +93,14 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks, population
-from es_lottery._checks import check_choice, check_int, check_number, check_positive, check_rate
+from es_lottery._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_positive,
+    check_rate,
+)
 from es_lottery.keys import split_run_key
 from es_lottery.search._generations import advance_generations, generation_key, history_buffers
 from es_lottery.tasks import base as tasks_base
@@ -91,11 +121,16 @@ PyTree = Any
 FITNESS = ("train_then_val", "forward", "train_val")
 SELECTIONS = ("rank", "tournament", "roulette_original")
 CROSSOVER_MODES = ("gene", "independent")
+CROSSOVERS = ("per_child", "per_gene")  # what crossover_rate means
+GENOME_INITS = ("network", "kaiming_uniform", "normal")
+PAPER_INIT_STD = 0.1  # genome_init "normal": the paper's N(0, 0.1²)
 TASK_KEY = 7919  # the task state is initialised with fold_in(evaluation key of init, TASK_KEY)
 
 __all__ = [
+    "CROSSOVERS",
     "CROSSOVER_MODES",
     "FITNESS",
+    "GENOME_INITS",
     "SELECTIONS",
     "NeTSConfig",
     "NeTSState",
@@ -110,6 +145,7 @@ __all__ = [
     "evaluate_genomes",
     "evaluate_ticket",
     "generation_key",
+    "genome_init_fn",
     "global_density",
     "init",
     "make_task",
@@ -139,7 +175,19 @@ __all__ = [
 
 @dataclass(frozen=True)
 class NeTSConfig:
-    """Static NeTS settings (hashable; a static argument). Defaults follow the paper (REFERENCE.md §3)."""
+    """Static NeTS settings (hashable; a static argument). Defaults follow the paper (REFERENCE.md §3);
+    the defaults of the fidelity options (``reevaluate_elites``, ``crossover``, ``genome_init``) keep the
+    behaviour runs were made with, the other values are the original's rules.
+
+    reevaluate_elites: false: the elites keep their fitness; true: they are evaluated again every generation
+        with the children (the original's drivers, with n_elite 2)
+    crossover_rate: per_child: probability that a child is a uniform crossover (else a clone of parent 1);
+        per_gene: each entry's probability of coming from parent 1
+    crossover: what crossover_rate means: per_child, or per_gene (the paper's and the original code's:
+        every child a uniform crossover)
+    genome_init: network (the network's init, biases kept and trained), kaiming_uniform (the original
+        code: kernels U(±1/√fan_in), no biases) or normal (the paper's text: kernels N(0, 0.1²), no biases)
+    """
 
     pop_size: int = 5
     generations: int = 25
@@ -149,13 +197,16 @@ class NeTSConfig:
     selection: str = "rank"
     tournament_size: int = 2
     n_elite: int = 1
+    reevaluate_elites: bool = False
     crossover_rate: float = 0.5
+    crossover: str = "per_child"
     crossover_mode: str = "gene"
     noise_rate: float = 0.1
     noise_scale: float = 0.1
     resample_rate: float = 0.1
     dormancy_rate: float = 0.2
     enable_rate: float = 0.0
+    genome_init: str = "network"
     init_density: float = 1.0  # initial masks: Bernoulli(init_density) on prunable entries (1: dense)
     inner_epochs: int = 1
     inner_lr: float = 0.1
@@ -180,7 +231,10 @@ class NeTSConfig:
         check_choice(self.fitness, FITNESS, "fitness")
         check_choice(self.selection, SELECTIONS, "selection")
         check_int(self.tournament_size, "tournament_size", 1)
+        check_bool(self.reevaluate_elites, "reevaluate_elites")
+        check_choice(self.crossover, CROSSOVERS, "crossover")
         check_choice(self.crossover_mode, CROSSOVER_MODES, "crossover_mode")
+        check_choice(self.genome_init, GENOME_INITS, "genome_init")
         for f in ("crossover_rate", "noise_rate", "resample_rate", "dormancy_rate", "enable_rate"):
             check_rate(getattr(self, f), f)
         if check_number(self.noise_scale, "noise_scale") < 0:
@@ -401,6 +455,44 @@ def _flags(like) -> list[bool]:
     return jax.tree_util.tree_leaves(masks_lib.prunable_flags(tmpl))
 
 
+def _kernel_fan_in(shape) -> int:
+    # flax kernels: dense (in, out), conv (kh, kw, in, out) — torch's fan_in of the same layer
+    return int(np.prod(shape[:-1]))
+
+
+def genome_init_fn(like, genome_init: str = "network"):
+    """``key -> params`` of one initial genome's weights under ``genome_init`` (see the module doc).
+
+    ``"network"``: the network's / task's own ``init_params``. ``"kaiming_uniform"``: prunable kernels
+    U(−1/√fan_in, 1/√fan_in) (torch's ``kaiming_uniform_(a=√5)``, the original code's); ``"normal"``:
+    prunable kernels N(0, 0.1²) (the paper's text). Both bias-free: every non-prunable leaf is 0 (its mask
+    leaf is 0 too, see ``init``). One random draw for all kernels.
+    """
+    check_choice(genome_init, GENOME_INITS, "genome_init")
+    base = _init_fn(like)
+    if genome_init == "network":
+        return base
+    tmpl = jax.eval_shape(base, jax.random.key(0))
+    leaves, treedef = jax.tree_util.tree_flatten(tmpl)
+    flags = jax.tree_util.tree_leaves(masks_lib.prunable_flags(tmpl))
+    kernels = [x for x, f in zip(leaves, flags, strict=True) if f]
+
+    def draw(key):
+        u = iter(_draw(key, kernels, "uniform" if genome_init == "kaiming_uniform" else "normal"))
+        out = []
+        for x, f in zip(leaves, flags, strict=True):
+            if not f:
+                out.append(jnp.zeros(x.shape, x.dtype))
+            elif genome_init == "kaiming_uniform":
+                bound = 1.0 / np.sqrt(_kernel_fan_in(x.shape))
+                out.append(((2.0 * next(u) - 1.0) * bound).astype(x.dtype))  # [−b, b)
+            else:
+                out.append((PAPER_INIT_STD * next(u)).astype(x.dtype))
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    return draw
+
+
 def _draw(key: jax.Array, leaves: list, kind: str = "uniform", dtype=jnp.float32) -> list:
     """One random draw (uniform [0, 1) or standard normal) for all ``leaves``, split into leaf shapes.
 
@@ -433,11 +525,15 @@ def crossover(
     masks_b: PyTree,
     do_cross: jax.Array,
     mode: str = "gene",
+    share_a: float = 0.5,
 ) -> tuple[PyTree, PyTree]:
     """Uniform crossover of parents a and b (leading axis C): where ``do_cross`` (C,) is set, every entry
-    comes from either parent with probability 1/2 (mode "gene": its weight and mask bit from the same
-    parent; "independent": drawn separately); elsewhere the child is a clone of parent a."""
+    comes from parent a with probability ``share_a`` and from parent b otherwise (mode "gene": its weight
+    and mask bit from the same parent; "independent": drawn separately); elsewhere the child is a clone of
+    parent a. (An entry comes from b when its uniform draw u < 1 − ``share_a``.)"""
     check_choice(mode, CROSSOVER_MODES, "crossover_mode")
+    share_a = check_rate(share_a, "share_a")
+    to_b = 1.0 - share_a
     pa, treedef = jax.tree_util.tree_flatten(params_a)
     ma = jax.tree_util.tree_leaves(masks_a)
     pb, mb = jax.tree_util.tree_leaves(params_b), jax.tree_util.tree_leaves(masks_b)
@@ -447,8 +543,8 @@ def crossover(
     out_p, out_m = [], []
     for i, leaf in enumerate(pa):
         cross = _bcast(do_cross, leaf)
-        out_p.append(jnp.where(cross & (uw[i] < 0.5), pb[i], leaf))
-        out_m.append(jnp.where(cross & (um[i] < 0.5), mb[i], ma[i]))
+        out_p.append(jnp.where(cross & (uw[i] < to_b), pb[i], leaf))
+        out_m.append(jnp.where(cross & (um[i] < to_b), mb[i], ma[i]))
     return jax.tree_util.tree_unflatten(treedef, out_p), jax.tree_util.tree_unflatten(treedef, out_m)
 
 
@@ -491,7 +587,7 @@ def _default_flags(masks: PyTree, flags) -> list[bool]:
 def mutate(key: jax.Array, params: PyTree, masks: PyTree, like, config: NeTSConfig) -> tuple[PyTree, PyTree]:
     """Noise, resampling, dormancy and enabling of a population of children (leading axis C), in that
     order (a resampled entry loses its noise). ``like``: the network module or the task (resampling draws
-    from its ``init_params``)."""
+    from its ``init_params``, through ``config.genome_init``)."""
     k_sel_n, k_noise, k_res, k_sel_r, k_dorm, k_en = jax.random.split(key, 6)
     n = population.population_size(params)
     flags = _flags(like)
@@ -503,7 +599,7 @@ def mutate(key: jax.Array, params: PyTree, masks: PyTree, like, config: NeTSConf
             for x, u, e in zip(leaves, sel, eps, strict=True)
         ]
     if config.resample_rate > 0:
-        fresh = jax.vmap(_init_fn(like))(jax.random.split(k_res, n))
+        fresh = jax.vmap(genome_init_fn(like, config.genome_init))(jax.random.split(k_res, n))
         fresh = jax.tree_util.tree_leaves(fresh)
         sel = _draw(k_sel_r, leaves)
         leaves = [
@@ -548,21 +644,23 @@ def _initial_masks(key, params, like, config: NeTSConfig):
     flags = _flags(like)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
+    biases = config.genome_init == "network"  # the original's inits have none: their masks are 0
     out = []
     for x, f, k in zip(leaves, flags, keys, strict=True):
         if f and config.init_density < 1.0:
             out.append(jax.random.bernoulli(k, config.init_density, x.shape))
         else:
-            out.append(jnp.ones(x.shape, bool))
+            out.append(jnp.full(x.shape, f or biases, bool))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
 @partial(jax.jit, static_argnames=("config",))
 def init(key: jax.Array, task, config: NeTSConfig) -> NeTSState:
-    """Draw ``pop_size`` genomes (independent ``task.init_params``, masks dense unless ``init_density``
-    < 1) and the task state, evaluate and sort them."""
+    """Draw ``pop_size`` genomes (independent draws of ``genome_init``, masks dense unless
+    ``init_density`` < 1; bias masks 0 for the bias-free inits) and the task state, evaluate and sort
+    them."""
     k_params, k_masks, k_eval = jax.random.split(key, 3)
-    params = jax.vmap(_init_fn(task))(jax.random.split(k_params, config.pop_size))
+    params = jax.vmap(genome_init_fn(task, config.genome_init))(jax.random.split(k_params, config.pop_size))
     masks = _initial_masks(k_masks, params, task, config)
     task_state = task.init_state(jax.random.fold_in(k_eval, TASK_KEY))
     ev, task_state = _evaluate_genomes(k_eval, params, masks, task, config, task_state)
@@ -609,8 +707,11 @@ def _step(key: jax.Array, state: NeTSState, task, config: NeTSConfig):
     # 1. parents (lower fitness favoured)
     parents = select(k_sel, state.fitness, 2 * n_child, config)
     pa, pb = parents[:n_child], parents[n_child:]
-    # 2. crossover (or clone of parent a) and 3. mutation
-    do_cross = jax.random.bernoulli(k_do, config.crossover_rate, (n_child,))
+    # 2. crossover (per_child: or a clone of parent a) and 3. mutation
+    if config.crossover == "per_gene":
+        do_cross, share_a = jnp.ones((n_child,), bool), config.crossover_rate
+    else:
+        do_cross, share_a = jax.random.bernoulli(k_do, config.crossover_rate, (n_child,)), 0.5
     child_p, child_m = crossover(
         k_cross,
         _take(state.params, pa),
@@ -619,17 +720,24 @@ def _step(key: jax.Array, state: NeTSState, task, config: NeTSConfig):
         _take(state.masks, pb),
         do_cross,
         config.crossover_mode,
+        share_a,
     )
     child_p, child_m = mutate(k_mut, child_p, child_m, task, config)
-    # 4. evaluate the children; the elites keep their genomes and fitness bitwise
-    ev, task_state = _evaluate_genomes(k_eval, child_p, child_m, task, config, state.task_state)
+    # 4. the elites keep their genomes bitwise; the children (and, re-evaluating, the elites) are evaluated
     cat = lambda a, b: jnp.concatenate([a[:n_elite], b])  # noqa: E731
     pool_p = jax.tree_util.tree_map(cat, state.params, child_p)
     pool_m = jax.tree_util.tree_map(cat, state.masks, child_m)
-    fitness = cat(state.fitness, ev["fitness"])
-    loss = cat(state.loss, ev["loss"])
-    density = cat(state.density, ev["density"])
-    val_acc = cat(state.val_accuracy, ev["val_accuracy"])
+    if config.reevaluate_elites and n_elite > 0:
+        ev, task_state = _evaluate_genomes(k_eval, pool_p, pool_m, task, config, state.task_state)
+        fitness, loss, density, val_acc = (ev[k] for k in ("fitness", "loss", "density", "val_accuracy"))
+        n_evaluated = config.pop_size
+    else:
+        ev, task_state = _evaluate_genomes(k_eval, child_p, child_m, task, config, state.task_state)
+        fitness = cat(state.fitness, ev["fitness"])
+        loss = cat(state.loss, ev["loss"])
+        density = cat(state.density, ev["density"])
+        val_acc = cat(state.val_accuracy, ev["val_accuracy"])
+        n_evaluated = n_child
     order = rank_order(fitness)
     params, masks = _take(pool_p, order), _take(pool_m, order)
     fitness, loss, density, val_acc = fitness[order], loss[order], density[order], val_acc[order]
@@ -652,7 +760,7 @@ def _step(key: jax.Array, state: NeTSState, task, config: NeTSConfig):
         best_loss=jnp.where(better, loss[0], state.best_loss),
         best_density=jnp.where(better, density[0], state.best_density),
         last_change=jnp.where(better, generation, state.last_change),
-        n_evals=state.n_evals + n_child,
+        n_evals=state.n_evals + n_evaluated,
         task_state=task_state,
     )
     return state, _record(state)
