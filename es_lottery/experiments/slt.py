@@ -24,7 +24,9 @@ their number of seeds). Seeds are ``seed_<s>/`` directories of a branch (``resul
 new; the config's name, its seed count and ``progress_every`` are no part of any key.
 
 Each (network, method) is a job; a GA job's missing seeds run at once (``lax.map`` on CPUs, ``vmap``
-elsewhere), or ``seed_chunk`` of them at a time, each chunk recorded as it finishes; an interrupted chunk
+elsewhere), or ``seed_chunk`` of them at a time, each chunk recorded as it finishes (with ``ga.bound_carry``
+adaptive AB runs one seed at a time, in order: seed s starts from the bound recorded by seed s − 1, as the
+original's process-wide bound did); an interrupted chunk
 resumes from its checkpoint (``<branch>/checkpoints/seeds_<a>-<b>.npz``, written every
 ``checkpoint_seconds``). Seed s always gets ``fold_in(key(seed), s)``, so neither the chunking nor an
 interruption changes a number. After the run the view ``<out>/<name>/`` is rebuilt (``common.View``): rows
@@ -275,7 +277,7 @@ def plan(exp: SLTConfig, out: str | Path) -> list[_Job]:
             sizes = tuple(int(s) for s in net.sizes)
             ga_branches = []
             for variant in exp.variants:
-                cfg = exp.ga.replace(variant=variant)
+                cfg = exp.ga.for_variant(variant)  # fields the variant does not read: defaults
                 fields = config_lib.nondefault(cfg)
                 fields.pop("variant", None)
                 branch = trunk.branch(variant, fields)
@@ -340,8 +342,11 @@ def checkpoint_path(job: _Job, seeds: range) -> Path:
     return job.branch.path / "checkpoints" / f"seeds_{seeds.start}-{seeds.stop - 1}.npz"
 
 
-def _ga_chunk(exp: SLTConfig, job: _Job, data, seeds: range, console, progress, checkpoint_seconds) -> None:
-    """Seeds ``seeds`` of one GA job, recorded per seed in the job's branch."""
+def _ga_chunk(
+    exp: SLTConfig, job: _Job, data, seeds: range, console, progress, checkpoint_seconds, carry=None
+) -> None:
+    """Seeds ``seeds`` of one GA job, recorded per seed in the job's branch; ``carry``: the adaptive bound
+    they start from (``bound_carry``: one seed per chunk)."""
     module = job.network.module(GA_INIT)
     cfg = job.spec
     task = ga_slt.make_task(
@@ -351,7 +356,7 @@ def _ga_chunk(exp: SLTConfig, job: _Job, data, seeds: range, console, progress, 
     n = len(seeds)
     started = time.time()
     k_init, k_run = jax.vmap(split_run_key)(keys)
-    state = jax.jit(jax.vmap(lambda k: ga_slt.init(k, task, cfg)))(k_init)
+    state = jax.jit(jax.vmap(lambda k: ga_slt.init(k, task, cfg, carry)))(k_init)
     hist = jax.vmap(lambda s: ga_slt.empty_history(task, cfg, s))(state)
     advance = jax.jit(_seed_map(lambda k, s, h, u: ga_slt.advance(k, s, h, task, cfg, u)))
     part = "" if n == exp.seeds else f" seeds {seeds.start}–{seeds.stop - 1}"
@@ -576,8 +581,13 @@ def _job_body(exp, job: _Job, jobs, data, seeds, selected, console, progress, ch
     if len(missing) < len(seeds):
         console.print(f"  {escape(job.name)}: {len(seeds) - len(missing)} seeds finished earlier")
     if job.kind == "ga":
-        for chunk in seed_chunks(missing, seed_chunk):
-            _ga_chunk(exp, job, data, chunk, console, progress, checkpoint_seconds)
+        if job.spec.carries_bound:  # seed s starts from the bound seed s − 1 ended with: one at a time
+            for s in missing:
+                carry = ga_slt.carry_from_result(job.branch.result(s - 1)) if s > 0 else None
+                _ga_chunk(exp, job, data, range(s, s + 1), console, progress, checkpoint_seconds, carry)
+        else:
+            for chunk in seed_chunks(missing, seed_chunk):
+                _ga_chunk(exp, job, data, chunk, console, progress, checkpoint_seconds)
         shutil.rmtree(job.branch.path / "checkpoints", ignore_errors=True)
     elif job.kind == "backprop":
         console.print(f"  {escape(job.name)}: backprop baseline …")

@@ -7,7 +7,8 @@ weights AND biases are drawn once from U[-1, 1] and stay frozen. One generation 
    ``rec_rate``; its mate is uniform over the top ``int(par_rate · N)``; the child takes every bit from one
    of the two parents with probability 1/2 (uniform crossover).
 2. Every individual of the enlarged population (survivors + children) spawns, with probability
-   ``mut_rate``, one mutant with exactly one flipped bit.
+   ``mut_rate``, one mutant with exactly one flipped bit: a uniformly chosen bit, or (AB variants with
+   ``ab_mutation="layer_uniform"``) a uniformly chosen layer, then a uniformly chosen connection inside it.
 3. ``m = int(mig_rate · N)`` fresh individuals are appended (Bernoulli(1/2) bits).
 4. Survivor selection: sort by (fitness desc, number of zero bits desc, index asc) and keep the top N —
    fully elitist, so the best fitness never decreases.
@@ -24,12 +25,28 @@ Variants
   one hidden layer narrower than 40, or two hidden layers both narrower than 30) and,
   every time ``bound_patience`` proposals in a row have been rejected, drops by ``0.1**n`` with
   n = 1, 1.15, 1.30, …, never below ``bound_floor`` (0.51). The original code lowered it by wall-clock
-  seconds; counting proposals makes it deterministic. When even the floor keeps failing for
-  ``bound_patience`` proposals, any proposal with an input→output path is accepted (the original's fallback).
-* ``"static_ab"`` — the same with a fixed bound (``static_bound``) and the same fallback.
+  seconds; counting proposals makes it deterministic. At the floor the filter gives way to a fallback:
+  any proposal with an input→output path is accepted. With ``floor_rule="patience"`` (the default, kept
+  so that finished runs keep their numbers) the floor itself still filters until ``bound_patience`` more
+  proposals have been rejected; ``floor_rule="immediate"`` is the original's rule
+  (``generate_lax_connectivity_learned_accuracy_filter``: a bound equal to 0.51 stops filtering at once).
+  Every run starts at the start bound unless ``bound_carry``: then seed s + 1 starts from the bound (and
+  the number of drops, and the fallback) that seed s ended with, as the original's bound did, kept in a
+  module-level dict shared by all runs of one process (``run_seeds`` then runs the seeds one after
+  another, in order; see ``bound_carry_of``).
+* ``"static_ab"`` — the same with a fixed bound (``static_bound``) and the same fallback after
+  ``bound_patience`` rejections (the original's static AB has none: it draws until a proposal passes).
 
 The AB variants by default also re-draw children and mutants (up to ``repair_tries`` times) until an
-input→output path exists (``repair``).
+input→output path exists (``repair``). Their mutation flips a uniformly chosen bit (``ab_mutation="bit"``,
+the default) or is the original's ``single_point_mutation`` → ``apply_mutation``
+(``ab_mutation="layer_uniform"``): a layer (kernel) uniformly, then a connection uniformly inside it, so
+each bit of a layer of n_l connections is hit with probability 1 / (n_layers · n_l) — equal to the
+uniform bit's 1/L only when all layers are equally large (not for the paper's D, [2, 50, 50, 2]: 1/300
+per bit in the 100-bit outer layers, 1/7500 in the 2500-bit middle one, where a uniform bit gives 1/2700).
+The plain GA always flips a uniform bit (the original's ``single_point_mutation_negligent_optimized``).
+Fields a variant does not read are reset to their defaults by ``GAConfig.for_variant`` (the run store's
+keys).
 
 Termination (``run``): at least ``min_generations`` (100) generations and no change of the best fitness in
 the last ``patience`` (50); the adaptive variant stops at 200 generations, the others at
@@ -37,15 +54,17 @@ the last ``patience`` (50); the adaptive variant stops at 200 generations, the o
 
 Everything is a pure function of an explicit key: ``init(key, task, config)``, ``step(key, state, task,
 config)``, ``run(key, task, config)``; ``run`` is ``lax.while_loop`` over ``step`` with the key
-``generation_key(key, g)`` for generation g, and ``jax.vmap(run, in_axes=(0, None, None))`` runs many seeds.
+``generation_key(key, g)`` for generation g, and ``jax.vmap(run, in_axes=(0, None, None))`` runs many seeds
+(``run_seeds``: the same, or in order with ``bound_carry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -55,7 +74,7 @@ from flax import struct
 
 from es_lottery import masks as masks_lib
 from es_lottery import networks
-from es_lottery._checks import check_int, check_rate
+from es_lottery._checks import check_bool, check_choice, check_int, check_rate
 from es_lottery.keys import split_run_key
 from es_lottery.networks import MLP
 from es_lottery.search._generations import advance_generations, generation_key, history_buffers
@@ -64,28 +83,50 @@ from es_lottery.tasks import classification
 
 VARIANTS = ("ga", "adaptive_ab", "static_ab")
 FITNESS = ("accuracy", "cross_entropy")
+#: the one-bit mutation of the AB variants: "bit" — a uniformly chosen bit (ours from the start);
+#: "layer_uniform" — a uniformly chosen layer, then a uniformly chosen connection inside it (the original's
+#: single_point_mutation → apply_mutation)
+AB_MUTATIONS = ("bit", "layer_uniform")
+#: adaptive AB at the floor: "patience" — the floor still filters until bound_patience more rejected
+#: proposals, then any proposal with a path is accepted (ours from the start); "immediate" — the filter
+#: stops as soon as the bound reaches the floor (the original)
+FLOOR_RULES = ("patience", "immediate")
+#: fields read by some variants only → those variants (``GAConfig.for_variant``)
+VARIANT_FIELDS = {
+    "ab_mutation": ("adaptive_ab", "static_ab"),
+    "floor_rule": ("adaptive_ab",),
+    "bound_carry": ("adaptive_ab",),
+}
 ADAPTIVE_CAP = 200
 DEFAULT_CAP = 1000
 EVAL_KEY = 104729  # evaluation keys are fold_in(generation key, EVAL_KEY) (unused by classification)
 EVAL_WIDEST = 256  # the layer width make_task's test evaluation plans its data chunk with (as the tables)
 
 __all__ = [
+    "AB_MUTATIONS",
+    "FLOOR_RULES",
     "VARIANTS",
+    "VARIANT_FIELDS",
     "GAConfig",
     "GAState",
     "adaptive_bound",
     "advance",
+    "bound_carry_of",
+    "carry_from_result",
     "diversity",
     "empty_history",
     "evaluate_final",
     "generation_key",
     "has_path",
     "init",
+    "layer_sizes",
     "make_task",
     "run",
+    "run_seeds",
     "select_survivors",
     "should_stop",
     "split_run_key",
+    "start_carry",
     "step",
 ]
 
@@ -96,7 +137,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GAConfig:
-    """Static GA settings (hashable; passed as a static argument). Defaults are the paper's."""
+    """Static GA settings (hashable; passed as a static argument). Defaults are the paper's, except
+    ``floor_rule``, ``bound_carry`` and ``ab_mutation``: their defaults keep the rules this code had before
+    they existed (the run store keys a job by its non-default fields), the original's are the other
+    values (see the module doc)."""
 
     pop_size: int = 100
     rec_rate: float = 0.3
@@ -112,6 +156,30 @@ class GAConfig:
     bound_floor: float = 0.51
     static_bound: float = 0.7
     bound_patience: int = 500  # rejected proposals before the adaptive bound drops one step
+    floor_rule: Literal["patience", "immediate"] = field(
+        default="patience",
+        metadata={
+            "doc": "adaptive AB at the floor: patience — it still filters until bound_patience more "
+            "rejected proposals, then any proposal with an input→output path is accepted; immediate — "
+            "filtering stops as soon as the bound reaches the floor (the original's rule)"
+        },
+    )
+    bound_carry: bool = field(
+        default=False,
+        metadata={
+            "doc": "adaptive AB: seed s + 1 starts from the bound (and drop count) seed s ended with, as "
+            "the original's process-wide bound did; false: every seed starts at the start bound. True "
+            "runs a job's seeds one after another, in order"
+        },
+    )
+    ab_mutation: Literal["bit", "layer_uniform"] = field(
+        default="bit",
+        metadata={
+            "doc": "AB variants' one-bit mutation: bit — a uniformly chosen bit; layer_uniform — a "
+            "uniformly chosen layer, then a uniformly chosen connection inside it (the original's "
+            "single_point_mutation). The plain GA always flips a uniform bit"
+        },
+    )
     repair: bool | None = None  # None: True for the AB variants
     repair_tries: int = 50
     eval_block: int | None = None  # members evaluated per block; None: ≈ 1.25 × the expected new ones
@@ -138,6 +206,9 @@ class GAConfig:
         if self.bound_start is not None:
             check_rate(self.bound_start, "bound_start")
         check_int(self.bound_patience, "bound_patience", 1)
+        check_choice(self.floor_rule, FLOOR_RULES, "floor_rule")
+        check_bool(self.bound_carry, "bound_carry")
+        check_choice(self.ab_mutation, AB_MUTATIONS, "ab_mutation")
         check_int(self.repair_tries, "repair_tries", 0)
         if self.eval_block is not None:
             check_int(self.eval_block, "eval_block", 1)
@@ -155,6 +226,22 @@ class GAConfig:
         if self.max_generations is not None:
             return self.max_generations
         return ADAPTIVE_CAP if self.variant == "adaptive_ab" else DEFAULT_CAP
+
+    def for_variant(self, variant: str) -> GAConfig:
+        """This config for ``variant``, with the fields that variant does not read (``VARIANT_FIELDS``)
+        at their defaults — so they key no run of it in the store."""
+        cfg = self.replace(variant=variant)
+        unread = {
+            f.name: f.default
+            for f in dataclasses.fields(cfg)
+            if f.name in VARIANT_FIELDS and variant not in VARIANT_FIELDS[f.name]
+        }
+        return cfg.replace(**unread) if unread else cfg
+
+    @property
+    def carries_bound(self) -> bool:
+        """Does seed s + 1 start from the bound seed s ended with (adaptive AB with ``bound_carry``)?"""
+        return self.variant == "adaptive_ab" and self.bound_carry
 
     @property
     def use_repair(self) -> bool:
@@ -228,6 +315,14 @@ def genome_length(like) -> int:
     return networks.num_prunable(_template(like))
 
 
+def layer_sizes(like) -> tuple[int, ...]:
+    """Mask bits of each prunable leaf (an MLP's kernels: its layers of connections), in genome order."""
+    tmpl = _template(like)
+    flags = jax.tree_util.tree_leaves(masks_lib.prunable_flags(tmpl))
+    leaves = jax.tree_util.tree_leaves(tmpl)
+    return tuple(int(np.prod(leaf.shape)) for leaf, is_p in zip(leaves, flags, strict=True) if is_p)
+
+
 def genomes_to_masks(like, genomes: jax.Array):
     """(B, L) bool genomes → a mask tree with leading axis B (biases all ones); ``like``: the network
     module or a params tree of the same structure."""
@@ -284,6 +379,33 @@ def adaptive_bound(start: float, floor: float, drops) -> jax.Array:
     i = jnp.arange(64, dtype=jnp.float32)
     steps = jnp.where(i < drops, 0.1 ** (1.0 + 0.15 * i), 0.0)
     return jnp.maximum(jnp.float32(floor), jnp.float32(start) - jnp.sum(steps))
+
+
+def _at_floor(bound, config: GAConfig):
+    return bound <= config.bound_floor + 1e-6
+
+
+def bound_carry_of(state: GAState) -> dict:
+    """What seed s + 1 takes over from seed s's final ``state`` with ``bound_carry``: the bound, the
+    number of drops (the original's ``num_rec``: the size of the next drop) and the fallback flag. The
+    count of rejected proposals starts afresh, as the original's per-call counter did."""
+    return {"bound": state.bound, "bound_drops": state.bound_drops, "fallback": state.fallback}
+
+
+def start_carry(task, config: GAConfig) -> dict:
+    """The bound state of a fresh adaptive-AB run (what ``init`` starts from without a ``carry``)."""
+    start = _bound_start(config, getattr(task, "module", None))
+    at_floor = config.floor_rule == "immediate" and bool(_at_floor(start, config))
+    return {"bound": jnp.float32(start), "bound_drops": jnp.int32(0), "fallback": jnp.bool_(at_floor)}
+
+
+def carry_from_result(result: dict) -> dict:
+    """``bound_carry_of`` of a run from its recorded ``evaluate_final`` values (a result row)."""
+    return {
+        "bound": jnp.float32(result["final_bound"]),
+        "bound_drops": jnp.int32(result["bound_drops"]),
+        "fallback": jnp.bool_(result["bound_fallback"]),
+    }
 
 
 def _bound_start(config: GAConfig, module) -> float:
@@ -408,6 +530,8 @@ def _fresh(key, task, config: GAConfig, state: GAState, need: int):
         drops = st.bound_drops + (exhausted & can_drop).astype(jnp.int32)
         bound = adaptive_bound(start, config.bound_floor, drops) if adaptive else st.bound
         fallback = st.fallback | (exhausted & ~can_drop)
+        if adaptive and config.floor_rule == "immediate":  # the original: no filtering at the floor
+            fallback = fallback | _at_floor(bound, config)
         st = st.replace(
             bound=bound,
             bound_drops=drops,
@@ -466,6 +590,27 @@ def _flip_one(key, g):
     return g ^ hit
 
 
+def _flip_one_layer_uniform(key, g, sizes: tuple[int, ...]):
+    """Flip one bit per row of ``g``: a layer uniformly (``sizes``: its bits per layer, in genome order),
+    then a bit uniformly inside it — the original's ``apply_mutation``."""
+    if sum(sizes) != g.shape[-1]:
+        raise ValueError(f"layer sizes {sizes} do not add up to the genome length {g.shape[-1]}")
+    k_layer, k_bit = jax.random.split(key)
+    offsets = jnp.asarray(np.concatenate([[0], np.cumsum(sizes)[:-1]]), jnp.int32)
+    counts = jnp.asarray(sizes, jnp.int32)
+    layer = jax.random.randint(k_layer, g.shape[:-1], 0, len(sizes))
+    pos = offsets[layer] + jax.random.randint(k_bit, g.shape[:-1], 0, counts[layer])
+    hit = jnp.arange(g.shape[-1]) == pos[..., None]
+    return g ^ hit
+
+
+def _mutate(key, g, config: GAConfig, params):
+    """One flipped bit per row of ``g`` by the variant's rule (``ab_mutation`` for the AB variants)."""
+    if config.variant != "ga" and config.ab_mutation == "layer_uniform":
+        return _flip_one_layer_uniform(key, g, layer_sizes(params))
+    return _flip_one(key, g)
+
+
 def _repair(key, module, config: GAConfig, make, valid):
     """Draw ``make(key)`` and re-draw the valid rows without an input→output path (up to repair_tries)."""
     g = make(key)
@@ -504,14 +649,29 @@ def _record(state: GAState, n_new, config: GAConfig) -> dict:
 
 
 @partial(jax.jit, static_argnames=("config",))
-def init(key: jax.Array, task, config: GAConfig) -> GAState:
+def init(key: jax.Array, task, config: GAConfig, carry: dict | None = None) -> GAState:
     """Draw the frozen weights (``task.init_params``), the task state and the initial population
-    (evaluated and sorted)."""
+    (evaluated and sorted).
+
+    ``carry`` (adaptive AB): the bound state a previous run ended with (``bound_carry_of``), used
+    instead of the start bound — ``bound_carry``'s seed-to-seed hand-over; None: a fresh start."""
     k_params, k_pop = jax.random.split(key)
     params = task.init_params(k_params)
     length = genome_length(params)
     n = config.pop_size
     start = _bound_start(config, getattr(task, "module", None)) if config.variant != "ga" else 0.0
+    fallback0 = jnp.bool_(False)
+    if config.variant == "adaptive_ab" and config.floor_rule == "immediate":
+        fallback0 = jnp.bool_(bool(_at_floor(start, config)))
+    bound0, drops0 = jnp.float32(start), jnp.int32(0)
+    if carry is not None:
+        if config.variant != "adaptive_ab":
+            raise ValueError(f"carry is for the adaptive_ab variant, not {config.variant!r}")
+        bound0 = jnp.asarray(carry["bound"], jnp.float32)
+        drops0 = jnp.asarray(carry["bound_drops"], jnp.int32)
+        fallback0 = jnp.asarray(carry["fallback"], bool)
+        if config.floor_rule == "immediate":
+            fallback0 = fallback0 | _at_floor(bound0, config)
     state = GAState(
         params=params,
         genomes=jnp.zeros((n, length), bool),
@@ -522,10 +682,10 @@ def init(key: jax.Array, task, config: GAConfig) -> GAState:
         best_fit=jnp.float32(-jnp.inf),
         last_change=jnp.int32(0),
         best_ever_sparsity=jnp.float32(0.0),
-        bound=jnp.float32(start),
-        bound_drops=jnp.int32(0),
+        bound=bound0,
+        bound_drops=drops0,
         rejects=jnp.int32(0),
-        fallback=jnp.bool_(False),
+        fallback=fallback0,
         n_evals=jnp.int32(0),
         task_state=task.init_state(jax.random.fold_in(k_params, EVAL_KEY)),
     )
@@ -555,7 +715,7 @@ def _step(key, state: GAState, task, config: GAConfig):
     enlarged = jnp.concatenate([state.genomes, children])
     enlarged_valid = jnp.concatenate([jnp.ones(n, bool), is_parent])
     spawn = enlarged_valid & jax.random.bernoulli(k_mut, config.mut_rate, (2 * n,))
-    mutants = _repair(k_pos, module, config, lambda k: _flip_one(k, enlarged), spawn)
+    mutants = _repair(k_pos, module, config, lambda k: _mutate(k, enlarged, config, state.params), spawn)
 
     # 3. migrants; evaluate the new members only (survivors keep their fitness)
     new = jnp.concatenate([children, mutants])
@@ -636,21 +796,46 @@ def advance(k_run, state: GAState, hist: dict, task, config: GAConfig, until):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def run(key: jax.Array, task, config: GAConfig):
+def run(key: jax.Array, task, config: GAConfig, carry: dict | None = None):
     """A whole run until the termination rule: (final state, per-generation history).
 
     The history has ``config.cap`` rows; rows at and after ``state.generation`` are padding (NaN / −1).
+    ``carry``: the adaptive bound to start from (see ``init``).
     """
     k_init, k_run = split_run_key(key)
-    state = init(k_init, task, config)
+    state = init(k_init, task, config, carry)
     return _advance(k_run, state, empty_history(task, config, state), task, config, config.cap)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def run_seeds(keys: jax.Array, task, config: GAConfig, carry: dict | None = None):
+    """``run`` for every key of ``keys`` (stacked final states and histories).
+
+    Without ``bound_carry`` the runs are independent (``vmap``). With it (adaptive AB) they run one after
+    another in the order of ``keys``, run i + 1 starting from the bound run i ended with
+    (``bound_carry_of``) — the original's bound, kept for all runs of one process; ``carry`` is the bound
+    run 0 starts from (None: the start bound).
+    """
+    if not config.carries_bound:
+        if carry is not None:
+            raise ValueError("carry needs an adaptive_ab config with bound_carry")
+        return jax.vmap(lambda k: run(k, task, config))(keys)
+
+    def one(c, k):
+        state, hist = run(k, task, config, c)
+        return bound_carry_of(state), (state, hist)
+
+    if carry is None:
+        carry = start_carry(task, config)
+    return jax.lax.scan(one, carry, keys)[1]
 
 
 @partial(jax.jit, static_argnames=("config",))
 def evaluate_final(state: GAState, task, config: GAConfig) -> dict:
     """Test score (``task.score_key`` of ``evaluate_members``: test accuracy for classification) of the
     train-best individual and the best test score in the final population. A task without test metrics
-    (``has_eval`` false) is scored by its fitness."""
+    (``has_eval`` false) is scored by its fitness. With ``bound_carry`` also ``bound_drops`` and
+    ``bound_fallback``: with ``final_bound`` the state the next seed starts from (``carry_from_result``)."""
     masks = genomes_to_masks(state.params, state.genomes)
     members = tasks_base.MaskedPopulation(state.params, masks, shared=True)
     if getattr(task, "has_eval", True):
@@ -661,6 +846,9 @@ def evaluate_final(state: GAState, task, config: GAConfig) -> dict:
     sparsity = state.zeros / length
     best_test = jnp.argmax(test)
     chance = getattr(task, "chance_accuracy", -jnp.inf)
+    carried = (
+        {"bound_drops": state.bound_drops, "bound_fallback": state.fallback} if config.carries_bound else {}
+    )
     return {
         "train_acc": state.acc[0],
         "test_acc": test[0],
@@ -672,4 +860,5 @@ def evaluate_final(state: GAState, task, config: GAConfig) -> dict:
         "capped": state.generation >= config.cap,
         "at_chance": state.acc[0] <= chance + 1e-6,
         "final_bound": state.bound,
+        **carried,  # bound_carry: what the next seed starts from (with final_bound)
     }
