@@ -261,3 +261,44 @@ def test_analysis_page_from_archives(source, gd_runs, tmp_path):
     )
     assert want in text
     assert "GD prunes the input layer less" in text and "not computed (rebuild with --connectivity" in text
+
+
+def test_es_against_gd_seed_barriers_and_landscapes(tmp_path):
+    """The ES-vs-GD section: two seeds of an ES and a GD run on the same data and network; the seed barrier
+    equals a plain loop over the straight line, and every landscape and claim line is there."""
+    from es_lottery import networks
+    from es_lottery.tasks import classification
+
+    one = {"num_levels": 1, "prune_rate": 0.2}  # level 0 is the first, middle and last level
+    es_cfg = {**SOURCE, "name": "pair_es", "seeds": 2, "criteria": ["magnitude", "snr"], "imp": one}
+    gd_cfg = {**GD_TARGET, "name": "pair_gd", "dataset_args": SOURCE["dataset_args"], "seeds": 2, "imp": one}
+    runs = {}
+    for cfg in (es_cfg, gd_cfg):
+        path = write_yaml(tmp_path / f"{cfg['name']}.yaml", cfg)
+        runs[cfg["name"]] = R.load_run(imp.run_experiment(imp.load_config(path), tmp_path / "runs", quiet()))
+    assert RA.es_gd_pairs(runs) == [("pair_es", "pair_gd")]
+    blocks, claims = RA.geometry_blocks(runs, tmp_path / "figs", connectivity=True, curvature=True)
+
+    # the reference barrier of the GD tickets of seeds 0 and 1 at level 0: test error along θ0 → θ1
+    data = classification.load_dataset("digits", classes=[0, 1, 2, 3, 4])
+    run = runs["pair_gd"]
+    a, b = (run.level(s, "magnitude", 0).final_params for s in (0, 1))
+    alphas = np.linspace(0.0, 1.0, 21)
+    errs = []
+    for al in alphas:
+        theta = jax.tree_util.tree_map(lambda u, v, al=al: (1 - al) * u + al * v, a, b)
+        pred = np.argmax(np.asarray(networks.apply(run.module(), theta, data.x_test)), axis=-1)
+        errs.append(float(np.mean(pred != data.y_test)))
+    errs = np.asarray(errs)
+    want = float(np.max(errs - ((1 - alphas) * errs[0] + alphas * errs[-1])))
+    cells = [r for blk in blocks if blk.kind == "table" for r in blk.rows]
+    rows = [r for r in cells if r[:3] == ("pair_gd", "magnitude", "0")]
+    assert len(rows) == 1 and abs(float(rows[0][4]) - want) <= 5e-5  # one pair: the value, 4 decimals
+    assert "seed barrier at level 0: ES" in claims["seed_barrier"]
+    assert "loss rise dense ES" in claims["flatness"]
+    figs = [blk for blk in blocks if blk.kind == "figure"]
+    assert len(figs) == 1 and figs[0].path.is_file()
+    rise_rows = [
+        r for blk in blocks if blk.kind == "table" for r in blk.rows if " L" in r[0] and "%)" in r[0]
+    ]
+    assert len(rise_rows) == 2  # ES snr and GD magnitude at the first = last level

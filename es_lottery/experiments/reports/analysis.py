@@ -41,6 +41,7 @@ from es_lottery.experiments.reports.runs import (
 
 __all__ = ["build_page", "load_archives", "main"]
 
+BARRIER_ZERO = 0.01  # test-error barriers at or below this count as "linearly connected"
 PAPER_TRANSFER = "F-MNIST SNES → PGPE: transfer ≈ 0.80, native SNR ticket 0.82, random reinit 0.38 (Fig. 4)"
 
 
@@ -156,6 +157,162 @@ def _first_layer(run, c: str) -> float:
     return float(np.mean(vals))
 
 
+def _ticket(run) -> str:
+    """The ticket criterion a run is compared by: SNR for an ES run that has it, else magnitude."""
+    return "snr" if "snr" in run.criteria else "magnitude"
+
+
+def es_gd_pairs(runs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(ES run, GD run) names of IMP archives on the same dataset (and arguments) and network."""
+
+    def key(r):
+        c = r.config
+        args = json.dumps(c.get("dataset_args") or {}, sort_keys=True)
+        return (c.get("dataset"), args, str(c.get("network")))
+
+    own = {n: r for n, r in runs.items() if not (r.summary or {}).get("transfer") and r.config.get("dataset")}
+    return [
+        (e, g)
+        for e, re_ in own.items()
+        if re_.trainer_type == "es"
+        for g, rg in own.items()
+        if rg.trainer_type == "gd" and key(rg) == key(re_)
+    ]
+
+
+def geometry_blocks(
+    runs: dict[str, Any], fig_dir: Path, connectivity: bool, curvature: bool
+) -> tuple[list[Block], dict[str, str]]:
+    """ES against GD on the same data and network: the ticket decomposition (ticket − random re-init,
+    SNR − magnitude), the error barrier between SEEDS' trained tickets at the first, middle and last level
+    (``--connectivity``) and 2-D loss landscapes around seed 0's ticket at the first and last level
+    (``--curvature``; filter-normalised random directions, 51 × 51 grid, one population per landscape)."""
+    import jax
+
+    from es_lottery.analysis import connectivity as conn
+    from es_lottery.analysis import landscape, stats
+    from es_lottery.analysis import plots as aplots
+    from es_lottery.experiments.reports.runs import _evaluator, fmt_mean
+
+    pairs = es_gd_pairs(runs)
+    blocks: list[Block] = [h(2, "ES against GD: ticket effects, seed barriers and landscapes")]
+    claims: dict[str, str] = {}
+    if not pairs:
+        blocks.append(p("No ES archive has a GD archive on the same data and network yet."))
+        return blocks, claims
+    names = list(dict.fromkeys(n for pair in pairs for n in pair))
+
+    # ticket decomposition from the curves alone
+    rows = []
+    for n in names:
+        run = runs[n]
+        acc = {c: run.metric(c, run.score) for c in run.criteria}
+        extra = "snr" if "snr" in acc and "magnitude" in acc else None
+        eff = stats.ticket_effects(acc, ticket="magnitude", extra_ticket=extra) if "magnitude" in acc else {}
+        for k in sorted({0, len(run.level_ids) // 2, len(run.level_ids) - 1}):
+            dens = float(run.densities("magnitude")[:, k].mean()) if "magnitude" in acc else math.nan
+            rows.append(
+                [
+                    n,
+                    run.level_ids[k],
+                    f"{dens:.4f}",
+                    fmt_mean(eff["total"][:, k]) if "total" in eff else "–",
+                    fmt_mean(eff["extra"][:, k]) if "extra" in eff else "–",
+                ]
+            )
+    blocks += [
+        p(
+            "Ticket effects (`analysis.stats.ticket_effects`, per seed, mean ± s.e.): `total` = magnitude "
+            "ticket − random re-initialisation; `snr − magnitude` = what the ES's per-weight std adds. The "
+            "permutation baselines that split `total` further (weights / mask / layer-wise ratio) are not in "
+            "these runs' criteria."
+        ),
+        table(["run", "level", "density", "total (ticket − random reinit)", "snr − magnitude"], rows),
+    ]
+
+    evs = {n: _evaluator(runs[n]) for n in names} if (connectivity or curvature) else {}
+    if connectivity:
+        rows, at = [], {}
+        for n in names:
+            run, (ev, why) = runs[n], evs[n]
+            if ev is None:
+                rows.append([n, "–", "–", "–", f"not computed: {why}"])
+                continue
+            c = _ticket(run)
+            if len(run.seeds) < 2:
+                rows.append([n, c, "–", "–", "needs ≥ 2 seeds"])
+                continue
+            for k in sorted({0, len(run.level_ids) // 2, len(run.level_ids) - 1}):
+                lid = run.level_ids[k]
+                nets = [run.level(s, c, lid).final_params for s in run.seeds]
+                pw = conn.pairwise_barriers(ev, nets)
+                b = np.asarray([pw.barrier[i, j] for i, j in pw.pairs])
+                at[(n, k)] = float(b.mean())
+                rows.append([n, c, lid, f"{float(run.densities(c)[:, k].mean()):.4f}", fmt_mean(b)])
+        blocks += [
+            p(
+                "Error barrier between the trained tickets of different SEEDS (every pair; test error along "
+                "the straight line, above the line between its ends), at the first, middle and last level. "
+                "A barrier ≈ 0 means the seeds' solutions are linearly connected."
+            ),
+            table(["run", "criterion", "level", "density", "seed barrier (mean ± s.e. over pairs)"], rows),
+        ]
+        for e, g in pairs:
+            if (e, 0) in at and (g, 0) in at:
+                claims["seed_barrier"] = (
+                    f"seed barrier at level 0: ES {at[(e, 0)]:.3f}, GD {at[(g, 0)]:.3f}; "
+                    f"at the last level ES {at[(e, len(runs[e].level_ids) - 1)]:.3f}, "
+                    f"GD {at[(g, len(runs[g].level_ids) - 1)]:.3f}"
+                )
+    if curvature:
+        lands, sharp, rise = {}, {}, {}
+        for n in names:
+            run, (ev, _) = runs[n], evs[n]
+            if ev is None:
+                continue
+            c, s0 = _ticket(run), run.seeds[0]
+            for k in sorted({0, len(run.level_ids) - 1}):
+                lv = run.level(s0, c, run.level_ids[k])
+                key = jax.random.fold_in(jax.random.key(0), 7919 * s0 + lv.level)
+                d1, d2 = landscape.random_directions(key, lv.final_params, 2, lv.mask)
+                land = landscape.projection_2d(ev, lv.final_params, d1, d2)
+                label = f"{n} {c} L{lv.level} ({float(run.densities(c)[0, k]):.2%})"
+                lands[label] = land
+                g = np.asarray(land.values["cross_entropy"], np.float64)
+                mid = g[g.shape[0] // 2, g.shape[1] // 2]
+                sharp[label] = float(np.nanmean(g) - mid)  # mean rise of the loss over the window
+                rise[(n, k)] = sharp[label]
+        if lands:
+            fig = aplots.landscape_heatmaps(
+                lands,
+                fig_dir / "es_vs_gd_landscapes.png",
+                metric="cross_entropy",
+                log=True,
+                title="test loss around seed 0's ticket (filter-normalised random directions)",
+            )
+            blocks += [
+                figure(
+                    fig,
+                    "log10 test cross-entropy on θ + α·η₁ + β·η₂, α, β ∈ [−1, 1] (51 × 51), around the "
+                    "first- and last-level tickets of seed 0",
+                ),
+                table(
+                    ["landscape", "mean rise of the loss over the window (flatter = smaller)"],
+                    [[k, f"{v:.3f}"] for k, v in sharp.items()],
+                ),
+            ]
+        for e, g in pairs:
+            le, lg = len(runs[e].level_ids) - 1, len(runs[g].level_ids) - 1
+            if all(k in rise for k in ((e, 0), (g, 0), (e, le), (g, lg))):
+                claims["flatness"] = (
+                    f"2-D window (seed 0): loss rise dense ES {rise[(e, 0)]:.2f} vs GD {rise[(g, 0)]:.2f} "
+                    f"({'ES flatter' if rise[(e, 0)] < rise[(g, 0)] else 'GD flatter'}), last level ES "
+                    f"{rise[(e, le)]:.2f} vs GD {rise[(g, lg)]:.2f} "
+                    f"({'ES flatter' if rise[(e, le)] < rise[(g, lg)] else 'GD flatter'})"
+                )
+    return blocks, claims
+
+
 def build_page(data: Path, out: Path, connectivity: bool = False, curvature: bool = False) -> Path:
     runs = load_archives(data)
     fig_dir = out.parent / out.stem / "figures"
@@ -165,6 +322,7 @@ def build_page(data: Path, out: Path, connectivity: bool = False, curvature: boo
         numbers[name] = nums
         sections += blocks
     tblocks, tclaims = transfer_blocks(runs, fig_dir)
+    gblocks, gclaims = geometry_blocks(runs, fig_dir, connectivity, curvature)
 
     es = {n: r for n, r in runs.items() if r.trainer_type == "es" and not (r.summary or {}).get("transfer")}
     gd = {n: r for n, r in runs.items() if r.trainer_type == "gd" and not (r.summary or {}).get("transfer")}
@@ -182,14 +340,26 @@ def build_page(data: Path, out: Path, connectivity: bool = False, curvature: boo
     else:
         input_claim = "needs an ES and a GD IMP archive: not yet tested"
 
-    def across(key: str, group) -> float:
-        vals = [np.nanmean(numbers[n][key][c]) for n in group for c in numbers[n].get(key, {})]
+    def across(key: str, group) -> float:  # over the tickets (magnitude / snr), not the baselines
+        vals = [
+            np.nanmean(numbers[n][key][c])
+            for n in group
+            for c in numbers[n].get(key, {})
+            if c in ("magnitude", "snr")
+        ]
         return float(np.mean(vals)) if vals else math.nan
 
     if connectivity:
         b_es = across("barrier", es)
         barrier_claim = (
-            f"mean barrier between consecutive ES levels {_f(b_es)} (GD {_f(across('barrier', gd))})"
+            f"mean barrier between consecutive levels of the ES tickets {_f(b_es)} "
+            f"(GD {_f(across('barrier', gd))}): "
+            + (
+                "reproduced (ES levels not linearly connected)"
+                if b_es > BARRIER_ZERO
+                else "NOT reproduced (ES levels linearly connected)"
+            )
+            + (f"; {gclaims['seed_barrier']}" if "seed_barrier" in gclaims else "")
             if math.isfinite(b_es)
             else "no ES archive with test data here: not tested"
         )
@@ -198,8 +368,15 @@ def build_page(data: Path, out: Path, connectivity: bool = False, curvature: boo
     if curvature:
         c_es, c_gd = across("curvature", es), across("curvature", gd)
         curv_claim = (
-            f"mean curvature ES {_f(c_es)}, GD {_f(c_gd)}: "
-            + ("reproduced (ES flatter)" if c_es < c_gd else "NOT reproduced")
+            f"mean 1-D curvature of the tickets over all levels ES {_f(c_es)}, GD {_f(c_gd)}: "
+            + (
+                "no difference (within 10 %)"
+                if abs(c_es - c_gd) <= 0.1 * max(abs(c_es), abs(c_gd))
+                else "reproduced (ES flatter)"
+                if c_es < c_gd
+                else "NOT reproduced"
+            )
+            + (f"; {gclaims['flatness']}" if "flatness" in gclaims else "")
             if math.isfinite(c_es) and math.isfinite(c_gd)
             else "needs ES and GD archives with test data: not tested"
         )
@@ -229,6 +406,7 @@ def build_page(data: Path, out: Path, connectivity: bool = False, curvature: boo
         h(2, "The paper's claims against these runs"),
         table(["claim", "paper (Lange & Sprekeler 2023)", "here"], claims),
         *tblocks,
+        *gblocks,
         h(2, "Per run"),
         *sections,
     ]
