@@ -54,7 +54,7 @@ def add_arguments(page: str, parser: argparse.ArgumentParser) -> None:
             type=Path,
             help=f"the committed per-seed archive (default: <out dir>/{page}/data)",
         )
-    if page in ("slt", "es_imp", "es_imp_control"):
+    if page in ("slt", "nets", "es_imp", "es_imp_control"):
         parser.add_argument(
             "--discussion",
             default=f"scripts/{page}_discussion.md",

@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     if args is None:
         args = parse_args("nets", argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(build(args.runs, args.out, args.data))
+    text = build(args.runs, args.out, args.data)
+    discussion = getattr(args, "discussion", None)  # hand-written text, appended verbatim
+    if discussion is not None and Path(discussion).exists():
+        text += "\n" + Path(discussion).read_text()
+    args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
