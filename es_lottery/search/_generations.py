@@ -37,3 +37,16 @@ def advance_generations(step: Callable, stop: Callable, k_run: jax.Array, state,
         return st, {k: h[k].at[g].set(metrics[k]) for k in h}
 
     return jax.lax.while_loop(cond, body, (state, hist))
+
+
+def advance_search(step: Callable, should_stop: Callable, k_run, state, hist: dict, task, config, until):
+    """:func:`advance_generations` for a search whose generation is ``step(key, state, task, config)`` and
+    whose stop rule is ``should_stop(state.generation, state.last_change, config)`` (the GA, NeTS)."""
+    return advance_generations(
+        lambda k, s: step(k, s, task, config),
+        lambda s: should_stop(s.generation, s.last_change, config),
+        k_run,
+        state,
+        hist,
+        until,
+    )

@@ -77,7 +77,7 @@ from es_lottery import networks
 from es_lottery._checks import check_bool, check_choice, check_int, check_rate
 from es_lottery.keys import split_run_key
 from es_lottery.networks import MLP
-from es_lottery.search._generations import advance_generations, generation_key, history_buffers
+from es_lottery.search._generations import advance_search, generation_key, history_buffers
 from es_lottery.tasks import base as tasks_base
 from es_lottery.tasks import classification
 
@@ -776,14 +776,7 @@ def empty_history(task, config: GAConfig, state: GAState) -> dict:
 
 
 def _advance(k_run, state: GAState, hist: dict, task, config: GAConfig, until):
-    return advance_generations(
-        lambda k, s: _step(k, s, task, config),
-        lambda s: should_stop(s.generation, s.last_change, config),
-        k_run,
-        state,
-        hist,
-        until,
-    )
+    return advance_search(_step, should_stop, k_run, state, hist, task, config, until)
 
 
 @partial(jax.jit, static_argnames=("config",))

@@ -102,7 +102,7 @@ from es_lottery._checks import (
     check_rate,
 )
 from es_lottery.keys import split_run_key
-from es_lottery.search._generations import advance_generations, generation_key, history_buffers
+from es_lottery.search._generations import advance_search, generation_key, history_buffers
 from es_lottery.tasks import base as tasks_base
 from es_lottery.tasks import classification
 from es_lottery.tasks.supervised import (
@@ -786,14 +786,7 @@ def empty_history(task, config: NeTSConfig, state: NeTSState) -> dict:
 
 
 def _advance(k_run, state: NeTSState, hist: dict, task, config: NeTSConfig, until):
-    return advance_generations(
-        lambda k, s: _step(k, s, task, config),
-        lambda s: should_stop(s.generation, s.last_change, config),
-        k_run,
-        state,
-        hist,
-        until,
-    )
+    return advance_search(_step, should_stop, k_run, state, hist, task, config, until)
 
 
 @partial(jax.jit, static_argnames=("config",))
