@@ -54,7 +54,6 @@ SUPPLEMENT = {
         "selection": "rank, tournament or roulette_original",
         "tournament_size": "selection tournament: competitors per draw",
         "n_elite": "best genomes copied unchanged into the next generation",
-        "crossover_rate": "probability of crossover per child",
         "crossover_mode": "gene (weight and mask bit together) or independent",
         "noise_rate": "fraction of weights perturbed by N(0, noise_scale²) per mutation",
         "noise_scale": "std of the weight noise",
